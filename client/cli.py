@@ -1,0 +1,121 @@
+"""``cancer-alpha site ...``: commands a hospital runs on its own data.
+
+``site check --data DIR`` validates a dataset directory (see :mod:`common.dataset` for
+the format) and, with ``--model RUN_DIR``, checks it against a trained model's schema.
+It never sends anything anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+app = typer.Typer(
+    name="site",
+    help="Commands for a participating site (hospital): check local data before joining.",
+    no_args_is_help=True,
+)
+
+
+@app.callback()
+def _site() -> None:
+    """Commands for a participating site (hospital)."""
+
+
+@app.command()
+def check(
+    data: str = typer.Option(
+        ..., "--data", metavar="DIR", help="Dataset directory, or a bundled alias: brca, rosmap."
+    ),
+    split: str | None = typer.Option(
+        None, "--split", metavar="S", help="Check one split only (datasets with splits)."
+    ),
+    manifest: Path | None = typer.Option(
+        None,
+        "--manifest",
+        metavar="FILE",
+        help="Manifest TOML describing the layout (default: auto).",
+    ),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        metavar="RUN_DIR",
+        help="Run directory; checks the data against RUN_DIR/model/schema.json.",
+    ),
+) -> None:
+    """Validate a dataset directory; exit code 1 if it has errors."""
+    # Imported here so `cancer-alpha --help` stays fast.
+    from common.dataset import inspect_dataset
+    from common.paths import resolve_data_dir
+    from common.schema import FeatureSchema
+
+    try:
+        directory = resolve_data_dir(data)
+    except FileNotFoundError as e:
+        raise typer.BadParameter(str(e), param_hint="--data") from None
+    schema = None
+    if model is not None:
+        path = model / "model" / "schema.json"
+        try:
+            schema = FeatureSchema.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise typer.BadParameter(
+                f"cannot read the model schema {path}: {e}", param_hint="--model"
+            ) from None
+
+    _, report = inspect_dataset(directory, split=split, manifest=manifest, schema=schema)
+    console = Console()
+    source = report.manifest if report.manifest is not None else "convention (no manifest)"
+    # Paths and messages are data, not Rich markup: escape them.
+    console.print(
+        f"[bold]Dataset[/bold] {escape(str(report.directory))}  "
+        f"[dim]manifest: {escape(str(source))}[/dim]"
+    )
+    if split:
+        console.print(f"split: {escape(split)}")
+    if model is not None:
+        console.print(f"checked against the model schema in {escape(str(model))}")
+
+    summary = Table(title=f"{report.n_patients} patients")
+    summary.add_column("modality")
+    summary.add_column("file", overflow="fold")
+    summary.add_column("features", justify="right")
+    summary.add_column("patients present", justify="right")
+    for m, info in report.modalities.items():
+        summary.add_row(
+            Text(m),
+            Text(info["file"]) if info["file"] else Text("(absent)", style="yellow"),
+            str(info["n_features"]),
+            str(info["n_patients_present"]),
+        )
+    if report.modalities:
+        console.print(summary)
+    if report.classes:
+        console.print(
+            Text("classes: " + ", ".join(f"{nm} {c}" for nm, c in report.classes.items()))
+        )
+
+    if report.findings:
+        table = Table(title="Findings")
+        for col in ("level", "file", "column", "row", "message"):
+            table.add_column(col, overflow="fold")
+        for f in report.findings:
+            table.add_row(
+                Text(f.level, style="red" if f.level == "error" else "yellow"),
+                Text(f.file or ""),
+                Text(f.column or ""),
+                "" if f.row is None else str(f.row),
+                Text(f.message),
+            )
+        console.print(table)
+    n_err, n_warn = len(report.errors), len(report.warnings)
+    if n_err:
+        console.print(f"[red bold]FAILED[/red bold]: {n_err} error(s), {n_warn} warning(s)")
+        raise typer.Exit(1)
+    console.print(f"[green bold]OK[/green bold]: {n_warn} warning(s)")

@@ -1,0 +1,205 @@
+"""The multi-modal transformer for multi-omics classification.
+
+Each modality's standardized features are projected into a few tokens (learned soft
+feature groups), tagged with a modality and token embedding, and passed through
+pre-LayerNorm transformer blocks whose attention spans the tokens of every modality
+the patient has (cross-modal attention). Tokens of a missing modality are masked out
+as keys and excluded from pooling. Each modality's tokens are mean-pooled, the pooled
+vectors are fused with learned modality weights (a softmax over the patient's present
+modalities), and a linear head gives class logits.
+
+Opacus compatibility: only ``nn.Linear``, ``nn.LayerNorm``, ``nn.Embedding`` and
+``nn.Dropout`` hold parameters, attention is written from ``nn.Linear``, and no bare
+``nn.Parameter`` sits on any module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from common.schema import FeatureSchema
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyper-parameters (stored in every model bundle)."""
+
+    d_model: int = 512
+    n_heads: int = 8
+    n_layers: int = 2
+    ffn_mult: int = 2
+    tokens_per_modality: int = 4
+    dropout: float = 0.2
+    attention_dropout: float = 0.1
+    # Probability of hiding a whole modality from a patient during training, so the
+    # model learns to predict when a hospital or test split lacks one.
+    modality_dropout: float = 0.15
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to build the network: architecture plus data shape."""
+
+    config: ModelConfig
+    feature_counts: dict[str, int]
+    n_classes: int
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_schema(cls, config: ModelConfig, schema: FeatureSchema) -> ModelSpec:
+        return cls(config, schema.feature_counts(), schema.n_classes)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention from ``nn.Linear`` with a key padding mask."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by n_heads {n_heads}")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.n_heads
+        q, k, v = self.qkv(x).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d // h) + key_bias[:, None, None, :]
+        attn = self.dropout(torch.softmax(scores, dim=-1))
+        return self.out((attn @ v).transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm1 = nn.LayerNorm(d)
+        self.attn = SelfAttention(d, cfg.n_heads, cfg.attention_dropout)
+        self.norm2 = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, cfg.ffn_mult * d),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.ffn_mult * d, d),
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), key_bias))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class ModalityTokenizer(nn.Module):
+    """Projects one modality's features into ``n_tokens`` tokens of width ``d_model``."""
+
+    def __init__(self, n_features: int, n_tokens: int, d_model: int, dropout: float) -> None:
+        super().__init__()
+        self.n_tokens = n_tokens
+        self.d_model = d_model
+        self.proj = nn.Linear(n_features, n_tokens * d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.drop(x)).view(x.shape[0], self.n_tokens, self.d_model)
+
+
+class MultiModalTransformer(nn.Module):
+    """Cross-modal attention classifier over any subset of known modalities.
+
+    ``forward(x, mask)``: ``x`` is ``[B, sum F_m]`` (modalities concatenated in schema
+    order, standardized, zeros where missing), ``mask`` is ``[B, M]`` (1 = present).
+    Returns logits ``[B, n_classes]``.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        cfg = spec.config
+        self.spec = spec
+        self.modalities = list(spec.feature_counts)
+        self.sizes = [spec.feature_counts[m] for m in self.modalities]
+        self.tokens = [min(cfg.tokens_per_modality, n) for n in self.sizes]
+        self.tokenizers = nn.ModuleList(
+            ModalityTokenizer(n, t, cfg.d_model, cfg.dropout)
+            for n, t in zip(self.sizes, self.tokens, strict=True)
+        )
+        n_tok = sum(self.tokens)
+        # Token identity (which modality, which soft group) as an embedding lookup.
+        self.token_embedding = nn.Embedding(n_tok, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        # Learned modality weights: one logit per modality, softmax over present ones.
+        self.modality_logit = nn.Embedding(len(self.modalities), 1)
+        nn.init.zeros_(self.modality_logit.weight)
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.d_model, spec.n_classes))
+        token_modality = torch.repeat_interleave(
+            torch.arange(len(self.modalities)), torch.tensor(self.tokens)
+        )
+        self.register_buffer("token_modality", token_modality, persistent=False)
+        self.register_buffer("token_ids", torch.arange(n_tok), persistent=False)
+        self.register_buffer("modality_ids", torch.arange(len(self.modalities)), persistent=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        present = mask > 0.5
+        if self.training and self.spec.config.modality_dropout > 0:
+            present = _drop_modalities(present, self.spec.config.modality_dropout)
+        parts = torch.split(x, self.sizes, dim=1)
+        tok = torch.cat([enc(p) for enc, p in zip(self.tokenizers, parts, strict=True)], dim=1)
+        tok = tok + self.token_embedding(self.token_ids)[None]
+        token_present = present[:, self.token_modality]  # [B, T]
+        key_bias = torch.zeros(token_present.shape, dtype=tok.dtype, device=tok.device)
+        key_bias = key_bias.masked_fill(~token_present, -1e4)
+        for block in self.blocks:
+            tok = block(tok, key_bias)
+        tok = self.norm(tok)
+        pooled = torch.stack(
+            [t.mean(dim=1) for t in torch.split(tok, self.tokens, dim=1)], dim=1
+        )  # [B, M, d]
+        weights = self.modality_weights(present)
+        fused = (weights.unsqueeze(-1) * pooled).sum(dim=1)
+        return self.head(fused)
+
+    def modality_weights(self, present: torch.Tensor) -> torch.Tensor:
+        """Fusion weights ``[B, M]``: softmax of learned logits over present modalities."""
+        logits = self.modality_logit(self.modality_ids).squeeze(-1)[None].expand_as(present)
+        logits = logits.masked_fill(~present, -1e4)
+        return torch.softmax(logits, dim=-1) * present
+
+    def learned_modality_weights(self) -> dict[str, float]:
+        """Fusion weights when every modality is present (for reports and explanations)."""
+        with torch.no_grad():
+            w = self.modality_weights(torch.ones(1, len(self.modalities), dtype=torch.bool))
+        return {m: float(v) for m, v in zip(self.modalities, w[0], strict=True)}
+
+
+def _drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
+    """Hide each present modality with probability ``p``, keeping at least one per patient."""
+    keep = torch.rand(present.shape, device=present.device) >= p
+    dropped = present & keep
+    empty = ~dropped.any(dim=1)
+    if empty.any():
+        dropped[empty] = present[empty]
+    return dropped
+
+
+def build_model(spec: ModelSpec) -> MultiModalTransformer:
+    return MultiModalTransformer(spec)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,307 @@
+"""Local training and evaluation loops shared by sites, the server and centralized runs.
+
+``train_epochs`` is the one place where a model learns from a data loader; a site's
+federated round, centralized training and (with an Opacus-wrapped model, optimizer and
+loader) DP training all call it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.data import MultiOmicsData
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation hyper-parameters (recorded in every run's config.json)."""
+
+    batch_size: int = 32
+    lr: float = 3e-4
+    min_lr_fraction: float = 0.05
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    # "balanced": weight class c by n / (C * n_c) from the pooled training counts.
+    class_weighting: str = "balanced"
+    max_epochs: int = 60
+    patience: int = 10
+    device: str = "auto"
+    amp: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), otherwise CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but no CUDA device is available")
+    return device
+
+
+def class_weights(counts: np.ndarray, mode: str = "balanced") -> np.ndarray:
+    """Per-class loss weights from class counts; absent classes get weight 0."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if mode == "none":
+        return np.ones_like(counts, dtype=np.float32)
+    if mode != "balanced":
+        raise ValueError(f"unknown class weighting {mode!r} (use 'balanced' or 'none')")
+    present = counts > 0
+    w = np.zeros_like(counts)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w.astype(np.float32)
+
+
+def tensors(data: MultiOmicsData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x [n, sum F], mask [n, M], y [n])`` tensors of standardized data."""
+    x = torch.from_numpy(np.ascontiguousarray(data.concat(), dtype=np.float32))
+    mask = torch.from_numpy(data.mask.astype(np.float32))
+    y = torch.from_numpy(
+        data.labels if data.labels is not None else np.full(data.n, -1, dtype=np.int64)
+    )
+    return x, mask, y
+
+
+def make_loader(
+    data: MultiOmicsData, batch_size: int, *, shuffle: bool, seed: int = 0
+) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TensorDataset(*tensors(data)),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=False,
+    )
+
+
+def lr_at(progress: float, cfg: TrainConfig) -> float:
+    """Linear warmup then cosine decay to ``min_lr_fraction * lr``; ``progress`` in [0, 1]."""
+    p = min(max(progress, 0.0), 1.0)
+    if cfg.warmup_fraction > 0 and p < cfg.warmup_fraction:
+        return cfg.lr * max(p / cfg.warmup_fraction, 0.02)
+    span = max(1.0 - cfg.warmup_fraction, 1e-9)
+    cos = 0.5 * (1 + math.cos(math.pi * (p - cfg.warmup_fraction) / span))
+    return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * cos)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on weight matrices only (not biases, norms, embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_matrix = p.ndim >= 2 and "embedding" not in name and "modality_logit" not in name
+        (decay if is_matrix else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def weighted_loss(
+    logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, smoothing: float = 0.0
+) -> torch.Tensor:
+    """Per-sample class-weighted cross-entropy, averaged.
+
+    Weighting each sample's own loss (rather than ``CrossEntropyLoss(weight=...)``,
+    which normalises by the batch's total weight) keeps samples independent, as
+    per-sample gradient clipping under DP-SGD requires.
+    """
+    per_sample = nn.functional.cross_entropy(
+        logits, y, reduction="none", label_smoothing=smoothing
+    )
+    return (weights[y] * per_sample).mean()
+
+
+@dataclass
+class ProximalTerm:
+    """FedProx: ``mu / 2 * ||w - w_global||^2`` added to the local loss."""
+
+    mu: float
+    global_params: list[torch.Tensor]
+
+    @classmethod
+    def snapshot(cls, model: nn.Module, mu: float) -> ProximalTerm:
+        return cls(mu, [p.detach().clone() for p in model.parameters()])
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        total = sum(
+            ((p - g) ** 2).sum()
+            for p, g in zip(model.parameters(), self.global_params, strict=True)
+        )
+        return 0.5 * self.mu * total
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    n_examples: int
+    steps: int
+
+
+def train_epochs(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    *,
+    epochs: int,
+    class_weight: np.ndarray,
+    progress: tuple[float, float] = (0.0, 1.0),
+    proximal: ProximalTerm | None = None,
+    device: torch.device | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> EpochStats:
+    """Train ``model`` for ``epochs`` passes over ``loader``.
+
+    The learning rate follows :func:`lr_at` from ``progress[0]`` to ``progress[1]``,
+    so a federated round continues the schedule where the previous round stopped.
+    """
+    device = device or next(model.parameters()).device
+    weights = torch.as_tensor(class_weight, dtype=torch.float32, device=device)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    total_steps = max(epochs * max(len(loader), 1), 1)
+    step, seen, loss_sum = 0, 0, 0.0
+    model.train()
+    for _ in range(epochs):
+        for x, mask, y in loader:
+            if len(y) == 0:  # Poisson sampling under DP can yield an empty batch
+                step += 1
+                continue
+            x, mask, y = x.to(device), mask.to(device), y.to(device)
+            lr = lr_at(progress[0] + (progress[1] - progress[0]) * step / total_steps, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = weighted_loss(model(x, mask), y, weights, cfg.label_smoothing)
+                if proximal is not None and proximal.mu > 0:
+                    loss = loss + proximal(model)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += float(loss.detach()) * len(y)
+            seen += len(y)
+            step += 1
+            if on_step is not None:
+                on_step(step)
+    return EpochStats(loss=loss_sum / max(seen, 1), n_examples=seen, steps=step)
+
+
+@torch.inference_mode()
+def predict_proba(
+    model: nn.Module, data: MultiOmicsData, device: torch.device | None = None,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """Class probabilities ``[n, C]`` for standardized data."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    x, mask, _ = tensors(data)
+    out = []
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size].to(device), mask[i : i + batch_size].to(device))
+        out.append(torch.softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def evaluation_loss(proba: np.ndarray, labels: np.ndarray, class_weight: np.ndarray) -> float:
+    """Class-weighted negative log-likelihood of labelled data (model selection)."""
+    p = np.clip(proba[np.arange(len(labels)), labels], 1e-7, 1.0)
+    return float(np.mean(class_weight[labels] * -np.log(p)))
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    history: list[dict]
+    state_dict: dict
+
+
+def fit(
+    model: nn.Module,
+    train: MultiOmicsData,
+    val: MultiOmicsData,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    class_weight: np.ndarray | None = None,
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FitResult:
+    """Centralized training with early stopping on validation loss (best weights restored).
+
+    ``evaluate`` (optional) adds extra per-epoch metrics to the history, e.g. for plots;
+    it never influences model selection.
+    """
+    from common.metrics import classification_metrics
+
+    device = select_device(cfg.device)
+    model.to(device)
+    if class_weight is None:
+        class_weight = class_weights(train.class_counts(), cfg.class_weighting)
+    loader = make_loader(train, cfg.batch_size, shuffle=True, seed=seed)
+    optimizer = make_optimizer(model, cfg)
+    best_loss, best_epoch, best_state, history = math.inf, 0, None, []
+    for epoch in range(1, cfg.max_epochs + 1):
+        stats = train_epochs(
+            model, loader, optimizer, cfg, epochs=1, class_weight=class_weight,
+            progress=((epoch - 1) / cfg.max_epochs, epoch / cfg.max_epochs), device=device,
+        )
+        proba = predict_proba(model, val, device)
+        val_loss = evaluation_loss(proba, val.labels, class_weight)
+        val_metrics = classification_metrics(val.labels, proba, val.schema.label_names)
+        record = {
+            "epoch": epoch,
+            "train": {"loss": stats.loss},
+            "val": {"loss": val_loss, "f1_macro": val_metrics["f1_macro"],
+                    "accuracy": val_metrics["accuracy"]},
+        }
+        if evaluate is not None:
+            record["test"] = evaluate(model)
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if val_loss < best_loss - 1e-4:
+            best_loss, best_epoch = val_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - best_epoch >= cfg.patience:
+            logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+            break
+    assert best_state is not None
+    model.load_state_dict(best_state)
+    for rec in history:
+        rec["best"] = rec["epoch"] == best_epoch
+    return FitResult(best_epoch=best_epoch, history=history, state_dict=best_state)

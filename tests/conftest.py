@@ -1,0 +1,36 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def bundled_dir() -> Callable[[str], Path]:
+    """``bundled_dir("brca")``: a bundled dataset directory (read in place), or skip."""
+    from common.paths import resolve_data_dir
+
+    def get(alias: str) -> Path:
+        try:
+            return resolve_data_dir(alias)
+        except FileNotFoundError as e:
+            pytest.skip(f"bundled data not available: {e}")
+
+    return get
+
+
+@pytest.fixture
+def write_files(tmp_path: Path) -> Callable[..., Path]:
+    """``write_files({"rna.csv": "text", ...}, name="site")``: a directory of small files."""
+
+    def write(files: dict[str, str], name: str = "site") -> Path:
+        directory = tmp_path / name
+        directory.mkdir(parents=True, exist_ok=True)
+        for fname, text in files.items():
+            (directory / fname).write_text(text, encoding="utf-8")
+        return directory
+
+    return write
