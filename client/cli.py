@@ -20,6 +20,7 @@ app = typer.Typer(
     name="site",
     help="Commands for a participating site (hospital): check local data before joining.",
     no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
 )
 
 

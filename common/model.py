@@ -16,36 +16,13 @@ Opacus compatibility: only ``nn.Linear``, ``nn.LayerNorm``, ``nn.Embedding`` and
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from common.config import ModelConfig
 from common.schema import FeatureSchema
-
-
-@dataclass
-class ModelConfig:
-    """Architecture hyper-parameters (stored in every model bundle)."""
-
-    d_model: int = 512
-    n_heads: int = 8
-    n_layers: int = 2
-    ffn_mult: int = 2
-    tokens_per_modality: int = 4
-    dropout: float = 0.2
-    attention_dropout: float = 0.1
-    # Probability of hiding a whole modality from a patient during training, so the
-    # model learns to predict when a hospital or test split lacks one.
-    modality_dropout: float = 0.15
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 @dataclass

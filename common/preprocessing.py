@@ -105,6 +105,8 @@ class Standardizer:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Standardizer:
-        mean = {k.split("/", 1)[1]: np.asarray(v) for k, v in arrays.items() if k.startswith("mean/")}
+        mean = {
+            k.split("/", 1)[1]: np.asarray(v) for k, v in arrays.items() if k.startswith("mean/")
+        }
         std = {k.split("/", 1)[1]: np.asarray(v) for k, v in arrays.items() if k.startswith("std/")}
         return cls(mean, std)

@@ -12,42 +12,17 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.config import TrainConfig
 from common.data import MultiOmicsData
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation hyper-parameters (recorded in every run's config.json)."""
-
-    batch_size: int = 32
-    lr: float = 3e-4
-    min_lr_fraction: float = 0.05
-    warmup_fraction: float = 0.05
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.0
-    # "balanced": weight class c by n / (C * n_c) from the pooled training counts.
-    class_weighting: str = "balanced"
-    max_epochs: int = 60
-    patience: int = 10
-    device: str = "auto"
-    amp: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def seed_everything(seed: int) -> None:
@@ -136,9 +111,7 @@ def weighted_loss(
     which normalises by the batch's total weight) keeps samples independent, as
     per-sample gradient clipping under DP-SGD requires.
     """
-    per_sample = nn.functional.cross_entropy(
-        logits, y, reduction="none", label_smoothing=smoothing
-    )
+    per_sample = nn.functional.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
     return (weights[y] * per_sample).mean()
 
 
@@ -223,7 +196,9 @@ def train_epochs(
 
 @torch.inference_mode()
 def predict_proba(
-    model: nn.Module, data: MultiOmicsData, device: torch.device | None = None,
+    model: nn.Module,
+    data: MultiOmicsData,
+    device: torch.device | None = None,
     batch_size: int = 512,
 ) -> np.ndarray:
     """Class probabilities ``[n, C]`` for standardized data."""
@@ -277,8 +252,14 @@ def fit(
     best_loss, best_epoch, best_state, history = math.inf, 0, None, []
     for epoch in range(1, cfg.max_epochs + 1):
         stats = train_epochs(
-            model, loader, optimizer, cfg, epochs=1, class_weight=class_weight,
-            progress=((epoch - 1) / cfg.max_epochs, epoch / cfg.max_epochs), device=device,
+            model,
+            loader,
+            optimizer,
+            cfg,
+            epochs=1,
+            class_weight=class_weight,
+            progress=((epoch - 1) / cfg.max_epochs, epoch / cfg.max_epochs),
+            device=device,
         )
         proba = predict_proba(model, val, device)
         val_loss = evaluation_loss(proba, val.labels, class_weight)
@@ -286,8 +267,11 @@ def fit(
         record = {
             "epoch": epoch,
             "train": {"loss": stats.loss},
-            "val": {"loss": val_loss, "f1_macro": val_metrics["f1_macro"],
-                    "accuracy": val_metrics["accuracy"]},
+            "val": {
+                "loss": val_loss,
+                "f1_macro": val_metrics["f1_macro"],
+                "accuracy": val_metrics["accuracy"],
+            },
         }
         if evaluate is not None:
             record["test"] = evaluate(model)

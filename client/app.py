@@ -1,0 +1,66 @@
+"""The hospital's Flower ClientApp: thin handlers over :mod:`client.site`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common.config import RunConfig
+from common.protocol import ARRAYS, CONFIG, METRICS, SITE, RoundConfig, site_record
+
+
+def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
+    """A ClientApp whose run config is Flower's, updated with ``overrides``.
+
+    ``flwr run`` uses the module-level ``app`` (no overrides); ``cancer-alpha simulate``
+    passes its options as overrides. The handlers are the same either way.
+    """
+    extra = dict(overrides or {})
+    app = ClientApp()
+
+    def setup(context: Context):
+        import torch  # noqa: F401 - Flower converts weights only once torch is imported
+
+        from client.site import load_site
+
+        cfg = RunConfig.from_flower({**dict(context.run_config), **extra})
+        return cfg, load_site(dict(context.node_config), cfg)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        from client.site import describe
+
+        _, site = setup(context)
+        return Message(content=describe(site).to_record(), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        from client.site import train_round
+
+        cfg, site = setup(context)
+        rc = RoundConfig.from_record(msg.content[CONFIG])
+        state = msg.content[ARRAYS].to_torch_state_dict()
+        new_state, metrics = train_round(site, state, rc, cfg)
+        content = RecordDict({
+            ARRAYS: ArrayRecord(new_state),
+            METRICS: MetricRecord(metrics),
+            SITE: site_record(site.name),
+        })
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        from client.site import evaluate_round
+
+        cfg, site = setup(context)
+        rc = RoundConfig.from_record(msg.content[CONFIG])
+        metrics = evaluate_round(site, msg.content[ARRAYS].to_torch_state_dict(), rc, cfg)
+        content = RecordDict({METRICS: MetricRecord(metrics), SITE: site_record(site.name)})
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+app = build_client_app()

@@ -1,0 +1,146 @@
+"""One hospital's side of a federated round: its data, local training and evaluation.
+
+Where a site finds its data comes from its node config only:
+
+* ``data-dir`` (deployment): the site's own dataset directory; a stratified
+  ``val-fraction`` of it is held out for local validation. Optional ``manifest`` and
+  ``site-name``.
+* ``partition-id`` (simulation): hospital number ``partition-id`` of the simulated
+  federation described by the run config (see :mod:`common.federation`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.config import RunConfig
+from common.data import MultiOmicsData
+from common.preprocessing import FeatureStats
+from common.protocol import NUM_EXAMPLES, VAL_EXAMPLES, RoundConfig, SiteDescription
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Site:
+    name: str
+    train: MultiOmicsData  # raw values; standardized per round with the server's statistics
+    val: MultiOmicsData
+
+
+def load_site(node_config: dict[str, Any], cfg: RunConfig) -> Site:
+    if "data-dir" in node_config:
+        return _own_directory(
+            str(node_config["data-dir"]), str(node_config.get("manifest", "")),
+            str(node_config.get("site-name", "")), cfg.val_fraction, cfg.seed,
+        )
+    if "partition-id" in node_config:
+        from common.federation import load_federation
+
+        name, train, val = load_federation(cfg).site_data(int(node_config["partition-id"]))
+        return Site(name, train, val)
+    raise ValueError("node config names no data: set data-dir (deployment) or run under the "
+                     "simulation engine (partition-id)")
+
+
+@lru_cache(maxsize=2)
+def _own_directory(data_dir: str, manifest: str, name: str, val_fraction: float,
+                   seed: int) -> Site:
+    from common.dataset import load_dataset
+    from common.partition import split_validation
+
+    data = load_dataset(Path(data_dir), manifest=Path(manifest) if manifest else None)
+    assert data.labels is not None
+    train, val = split_validation(np.arange(data.n), data.labels, seed, val_fraction)
+    return Site(name or Path(data_dir).name, data.subset(train), data.subset(val))
+
+
+def describe(site: Site) -> SiteDescription:
+    """Schema, class counts and shareable feature statistics of the site's training data."""
+    return SiteDescription(
+        site=site.name,
+        schema=site.train.schema,
+        n_train=site.train.n,
+        n_val=site.val.n,
+        class_counts=site.train.class_counts(),
+        stats=FeatureStats.of(site.train).shareable(),
+    )
+
+
+def _prepared(data: MultiOmicsData, rc: RoundConfig) -> MultiOmicsData:
+    return rc.standardizer.transform(data.align_to(rc.schema))
+
+
+def _model(rc: RoundConfig, cfg: RunConfig, state: dict[str, Any]):
+
+    from common.model import ModelSpec, build_model
+
+    model = build_model(ModelSpec.for_schema(cfg.model, rc.schema))
+    model.load_state_dict(state)
+    return model
+
+
+def train_round(
+    site: Site, state: dict[str, Any], rc: RoundConfig, cfg: RunConfig
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate the received global weights, then train local epochs from them.
+
+    Returns the new weights and the metrics: training loss and ``num-examples`` plus the
+    validation metrics of the weights as received (see :func:`validation_metrics`).
+    """
+    from common.training import (
+        ProximalTerm,
+        make_loader,
+        make_optimizer,
+        seed_everything,
+        select_device,
+        train_epochs,
+    )
+
+    device = select_device(cfg.train.device)
+    model = _model(rc, cfg, state).to(device)
+    metrics = validation_metrics(model, site, rc)
+    seed_everything(cfg.seed * 1000 + rc.server_round)
+    train = _prepared(site.train, rc)
+    loader = make_loader(train, cfg.train.batch_size, shuffle=True,
+                         seed=cfg.seed * 1000 + rc.server_round)
+    optimizer = make_optimizer(model, cfg.train)
+    proximal = ProximalTerm.snapshot(model, rc.proximal_mu) if rc.proximal_mu > 0 else None
+    stats = train_epochs(
+        model, loader, optimizer, cfg.train, epochs=rc.local_epochs,
+        class_weight=rc.class_weight, progress=(rc.progress_start, rc.progress_end),
+        proximal=proximal, device=device,
+    )
+    new_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return new_state, {"train-loss": stats.loss, NUM_EXAMPLES: site.train.n, **metrics}
+
+
+def evaluate_round(
+    site: Site, state: dict[str, Any], rc: RoundConfig, cfg: RunConfig
+) -> dict[str, Any]:
+    """Validation metrics of the global weights (``num-examples`` = validation patients)."""
+    metrics = validation_metrics(_model(rc, cfg, state), site, rc)
+    return {NUM_EXAMPLES: site.val.n, **metrics}
+
+
+def validation_metrics(model: Any, site: Site, rc: RoundConfig) -> dict[str, Any]:
+    """Loss sum and confusion counts on the site's validation split: aggregates only."""
+    from common.training import evaluation_loss, predict_proba
+
+    val = _prepared(site.val, rc)
+    proba = predict_proba(model, val)
+    assert val.labels is not None
+    n_classes = rc.schema.n_classes
+    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(confusion, (val.labels, proba.argmax(axis=1)), 1)
+    return {
+        VAL_EXAMPLES: val.n,
+        "val-loss-sum": evaluation_loss(proba, val.labels, rc.class_weight) * val.n,
+        "confusion": [int(c) for c in confusion.ravel()],
+    }

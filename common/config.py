@@ -1,0 +1,170 @@
+"""Run configuration: one dataclass, one set of defaults, for the CLI and Flower.
+
+Flower's run config is a flat ``{"kebab-key": scalar}`` mapping (``flwr run
+--run-config``, ``[tool.flwr.app.config]``); :meth:`RunConfig.to_flower` and
+:meth:`RunConfig.from_flower` translate. Model and optimiser settings are nested
+dataclasses flattened with ``model.`` and ``train.`` prefixes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = ("fedavg", "fedprox")
+
+
+def offline_flower_env(flwr_home: Path | None = None) -> None:
+    """Keep Flower from installing packages, checking for updates or sending telemetry."""
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if flwr_home is not None:
+        os.environ.setdefault("FLWR_HOME", str(flwr_home))
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyper-parameters (stored in every model bundle)."""
+
+    d_model: int = 512
+    n_heads: int = 8
+    n_layers: int = 2
+    ffn_mult: int = 2
+    tokens_per_modality: int = 4
+    dropout: float = 0.2
+    attention_dropout: float = 0.1
+    # Probability of hiding a whole modality from a patient during training, so the
+    # model learns to predict when a hospital or test split lacks one.
+    modality_dropout: float = 0.15
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation hyper-parameters (recorded in every run's config.json)."""
+
+    batch_size: int = 32
+    lr: float = 3e-4
+    min_lr_fraction: float = 0.05
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    # "balanced": weight class c by n / (C * n_c) from the pooled training counts.
+    class_weighting: str = "balanced"
+    max_epochs: int = 60
+    patience: int = 10
+    device: str = "auto"
+    amp: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class RunConfig:
+    """Everything a federated run needs; stored in the run's ``config.json``."""
+
+    data: str = "brca"
+    test_data: str = ""  # empty: hold out a stratified test split from ``data``
+    manifest: str = ""
+    partition: str = "site"
+    sites: int = 0  # 0: automatic (site partition) or 8 (iid/dirichlet)
+    min_site_size: int = 20
+    val_fraction: float = 0.2
+    test_fraction: float = 0.3
+    rounds: int = 20
+    local_epochs: int = 2
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    fraction_train: float = 1.0
+    min_sites: int = 2
+    round_patience: int = 10
+    seed: int = 0
+    out: str = ""
+    model: ModelConfig = field(
+        default_factory=lambda: ModelConfig(
+            d_model=512, n_heads=8, n_layers=1, tokens_per_modality=2
+        )
+    )
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        problems = []
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
+        if self.rounds < 1:
+            problems.append(f"rounds must be >= 1, got {self.rounds}")
+        if self.local_epochs < 1:
+            problems.append(f"local_epochs must be >= 1, got {self.local_epochs}")
+        if not 0 < self.test_fraction < 1:
+            problems.append(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0 < self.val_fraction < 1:
+            problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 < self.fraction_train <= 1:
+            problems.append(f"fraction_train must be in (0, 1], got {self.fraction_train}")
+        if self.sites < 0 or self.min_sites < 1:
+            problems.append("sites must be >= 0 and min_sites >= 1")
+        if self.proximal_mu < 0:
+            problems.append(f"proximal_mu must be >= 0, got {self.proximal_mu}")
+        if problems:
+            raise ValueError("invalid run configuration: " + "; ".join(problems))
+
+    # --- Flower's flat run config -------------------------------------------------
+    def to_flower(self) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("model", "train"):
+                for k, v in asdict(value).items():
+                    flat[f"{f.name}.{k}".replace("_", "-")] = v
+            else:
+                flat[f.name.replace("_", "-")] = value
+        return flat
+
+    @classmethod
+    def from_flower(cls, flat: dict[str, Any]) -> RunConfig:
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+        known = {f.name for f in fields(cls)}
+        for key, value in flat.items():
+            name = key.replace("-", "_")
+            prefix, dot, rest = name.partition(".")
+            if dot and prefix in nested:
+                nested[prefix][rest] = value
+            elif name in known:
+                top[name] = value
+            else:
+                raise ValueError(f"unknown run config key {key!r}")
+        base = cls()
+        model = ModelConfig.from_dict({**base.model.to_dict(), **nested["model"]})
+        train = TrainConfig.from_dict({**base.train.to_dict(), **nested["train"]})
+        return cls(**top, model=model, train=train)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        model = ModelConfig.from_dict(d.pop("model", {}))
+        train = TrainConfig.from_dict(d.pop("train", {}))
+        return cls(**d, model=model, train=train)

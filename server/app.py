@@ -1,0 +1,76 @@
+"""The coordinator's Flower ServerApp: a thin wrapper over :mod:`server.federation`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+
+def default_run_dir(cfg: RunConfig, run_id: str) -> Path:
+    return Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.strategy}-{run_id}"
+
+
+def run_server(
+    grid: Grid, cfg: RunConfig, run_id: str, on_round: Callable[[dict], None] | None = None
+) -> dict:
+    """Federate, then write the run directory. Simulation runs also evaluate on test."""
+    from common.metrics import classification_metrics
+    from server.federation import run_federation, save_checkpoint
+    from server.outputs import CHECKPOINT_DIR, write_federated_outputs
+
+    run_dir = default_run_dir(cfg, run_id)
+    test, record = None, None
+    if cfg.data:  # simulation: the coordinator may hold the global test split
+        from common.federation import load_federation
+
+        fed = load_federation(cfg)
+        test, record = fed.test, {**fed.record(), "fingerprints": fed.fingerprints}
+    outcome = run_federation(
+        grid, cfg, test=test,
+        checkpoint=lambda o, state: save_checkpoint(run_dir / CHECKPOINT_DIR, o, state),
+        on_round=on_round,
+    )
+    test_metrics = None
+    if test is not None:
+        from common.model import ModelSpec, build_model
+        from common.training import predict_proba
+
+        model = build_model(ModelSpec.for_schema(cfg.model, outcome.schema))
+        model.load_state_dict(outcome.best_state)
+        prepared = outcome.standardizer.transform(test.align_to(outcome.schema, "test split"))
+        test_metrics = classification_metrics(prepared.labels, predict_proba(model, prepared),
+                                              outcome.schema.label_names)
+    return write_federated_outputs(run_dir, cfg, outcome, test_metrics=test_metrics,
+                                   federation_record=record, run_id=run_id)
+
+
+def build_server_app(
+    overrides: dict[str, Any] | None = None,
+    *,
+    run_id: str = "",
+    on_round: Callable[[dict], None] | None = None,
+) -> ServerApp:
+    """A ServerApp reading Flower's run config updated with ``overrides`` (see client.app)."""
+    extra = dict(overrides or {})
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = RunConfig.from_flower({**dict(context.run_config), **extra})
+        run_server(grid, cfg, run_id or str(context.run_id or uuid.uuid4().hex[:8]),
+                   on_round=on_round)
+
+    return app
+
+
+app = build_server_app()

@@ -1,0 +1,283 @@
+"""The coordinator's round loop.
+
+One run: ask every site to ``describe`` itself (schema, class counts, feature sums),
+merge those into the consortium schema, the standardizer and the class weights, then
+run ``rounds`` of train -> aggregate -> federated validation (-> test evaluation in
+simulation), keep the round with the best pooled validation loss (never the test
+split), checkpoint after every round, and stop early after ``round_patience`` rounds
+without improvement.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from common.config import RunConfig
+from common.data import MultiOmicsData
+from common.preprocessing import FeatureStats, Standardizer
+from common.protocol import (
+    CONFIG,
+    DESCRIBE,
+    METRICS,
+    NUM_EXAMPLES,
+    QUERY_KIND,
+    VAL_EXAMPLES,
+    RoundConfig,
+    SiteDescription,
+    site_name,
+)
+from common.schema import FeatureSchema, SchemaMismatchError
+from strategies.metrics import macro_f1, pool_validation
+
+logger = logging.getLogger(__name__)
+
+
+class FederationError(RuntimeError):
+    """The federation cannot go on (too few sites, incompatible sites, ...)."""
+
+
+@dataclass
+class FederationOutcome:
+    schema: FeatureSchema
+    standardizer: Standardizer
+    class_weight: np.ndarray
+    sites: list[dict]
+    rounds: list[dict] = field(default_factory=list)
+    best_round: int = 0
+    best_state: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+
+def wait_for_sites(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    """Node ids once at least ``minimum`` sites are connected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FederationError(f"only {len(nodes)} of the required {minimum} sites connected "
+                                  f"within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def describe_sites(grid: Grid, nodes: list[int], timeout: float) -> list[SiteDescription]:
+    messages = [
+        Message(content=RecordDict({CONFIG: ConfigRecord({QUERY_KIND: DESCRIBE})}),
+                message_type=MessageType.QUERY, dst_node_id=node)
+        for node in nodes
+    ]
+    out = []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            logger.warning("site on node %s could not describe itself: %s",
+                           reply.metadata.src_node_id, reply.error.reason)
+            continue
+        out.append(SiteDescription.from_record(reply.content))
+    return out
+
+
+def consortium_schema(descriptions: list[SiteDescription]) -> FeatureSchema:
+    """Union of the sites' modalities; shared modalities must have identical features.
+
+    A site may lack a whole modality (it trains with that modality masked), but two
+    sites may not disagree on a modality's features or on the class names.
+    """
+    modalities: dict[str, tuple[str, ...]] = {}
+    owner: dict[str, str] = {}
+    labels = descriptions[0].schema.label_names
+    for d in descriptions:
+        if d.schema.label_names != labels:
+            raise SchemaMismatchError(
+                f"site {d.site!r} has classes {list(d.schema.label_names)}, site "
+                f"{descriptions[0].site!r} has {list(labels)}; give every site the same "
+                "label_names in its dataset.toml"
+            )
+        for m, feats in d.schema.modalities:
+            if m not in modalities:
+                modalities[m], owner[m] = feats, d.site
+            elif set(modalities[m]) != set(feats):
+                raise SchemaMismatchError(
+                    f"modality {m!r}: site {d.site!r} and site {owner[m]!r} have different "
+                    "feature names"
+                )
+    return FeatureSchema(tuple(modalities.items()), labels)
+
+
+def _site_val_record(content: RecordDict, n_classes: int) -> dict:
+    m = content[METRICS]
+    n = int(m[VAL_EXAMPLES])
+    cm = np.asarray(m["confusion"], dtype=np.int64).reshape(n_classes, n_classes)
+    return {
+        "n_val": n,
+        "loss": float(m["val-loss-sum"]) / max(n, 1),
+        "accuracy": float(np.trace(cm) / max(n, 1)),
+        "f1_macro": macro_f1(cm),
+    }
+
+
+def run_federation(
+    grid: Grid,
+    cfg: RunConfig,
+    *,
+    test: MultiOmicsData | None = None,
+    checkpoint: Callable[[FederationOutcome, dict], None] | None = None,
+    on_round: Callable[[dict], None] | None = None,
+    timeout: float = 600.0,
+) -> FederationOutcome:
+    """Run the whole federation on ``grid``; ``test`` (simulation only) is for reporting."""
+    from common.metrics import classification_metrics
+    from common.model import ModelSpec, build_model
+    from common.training import class_weights, predict_proba, seed_everything
+    from strategies import build_strategy
+
+    start = time.perf_counter()
+    nodes = wait_for_sites(grid, cfg.min_sites, timeout)
+    descriptions = describe_sites(grid, nodes, timeout)
+    if len(descriptions) < cfg.min_sites:
+        raise FederationError(f"{len(descriptions)} sites answered, {cfg.min_sites} required")
+    schema = consortium_schema(descriptions)
+    standardizer = Standardizer.from_stats(FeatureStats.merge([d.stats for d in descriptions]),
+                                           schema)
+    counts = np.sum([d.class_counts for d in descriptions], axis=0)
+    weight = class_weights(counts, cfg.train.class_weighting)
+    sites = [{"site": d.site, "n_train": d.n_train, "n_val": d.n_val,
+              "class_counts": {n: int(c) for n, c in zip(schema.label_names, d.class_counts,
+                                                         strict=True)}}
+             for d in descriptions]
+    outcome = FederationOutcome(schema, standardizer, weight, sites)
+    logger.info("%d sites, %d training patients; classes %s", len(sites), int(counts.sum()),
+                dict(zip(schema.label_names, counts.tolist(), strict=True)))
+
+    seed_everything(cfg.seed)
+    model = build_model(ModelSpec.for_schema(cfg.model, schema))
+    arrays = ArrayRecord(model.state_dict())
+    strategy = build_strategy(cfg.strategy, fraction_train=cfg.fraction_train,
+                              min_sites=cfg.min_sites, proximal_mu=cfg.proximal_mu)
+    prepared_test = standardizer.transform(test.align_to(schema, "test split")) \
+        if test is not None else None
+    tracker = _RoundTracker(outcome, cfg.round_patience, on_round, checkpoint)
+    pending: tuple[dict, dict] | None = None  # (record, weights) of a round awaiting validation
+    for rnd in range(1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        rc = RoundConfig(schema, standardizer, weight, local_epochs=cfg.local_epochs,
+                         progress_start=(rnd - 1) / cfg.rounds, progress_end=rnd / cfg.rounds,
+                         server_round=rnd)
+        # Each training reply also carries the validation metrics of the global model the
+        # site received, i.e. of the previous round's aggregate: one message per site and
+        # round instead of two.
+        train_replies = list(grid.send_and_receive(
+            strategy.configure_train(rnd, arrays, rc.to_record(), grid), timeout=timeout))
+        if pending is not None and tracker.finish(*pending, train_replies, schema.n_classes):
+            pending = None
+            break
+        new_arrays, train_metrics = strategy.aggregate_train(rnd, train_replies)
+        record: dict[str, Any] = {"round": rnd, "rejected": list(strategy.rejected)}
+        if new_arrays is None:
+            logger.warning("round %d: no usable update (%d replies)", rnd, len(train_replies))
+            outcome.rounds.append({**record, "failed": True})
+            pending = None
+            continue
+        arrays = new_arrays
+        record["train"] = {"loss": float(train_metrics["train-loss"])} if train_metrics else {}
+        record["sites"] = _site_train_records(train_replies)
+        state = arrays.to_torch_state_dict()
+        if prepared_test is not None:
+            model.load_state_dict(state)
+            proba = predict_proba(model, prepared_test)
+            metrics = classification_metrics(prepared_test.labels, proba, schema.label_names)
+            record["test"] = {k: metrics[k] for k in ("accuracy", "balanced_accuracy",
+                                                      "f1_macro", "f1_weighted", "roc_auc_ovr")}
+        record["seconds"] = time.perf_counter() - t0
+        pending = (record, state)
+    if pending is not None:  # validate the last aggregate
+        rc = RoundConfig(schema, standardizer, weight, server_round=pending[0]["round"])
+        eval_replies = list(grid.send_and_receive(
+            strategy.configure_evaluate(pending[0]["round"], arrays, rc.to_record(), grid),
+            timeout=timeout))
+        tracker.finish(*pending, eval_replies, schema.n_classes)
+    if outcome.best_state is None:
+        raise FederationError("no round produced a validated global model")
+    for rec in outcome.rounds:
+        rec["best"] = rec["round"] == outcome.best_round
+    outcome.seconds = time.perf_counter() - start
+    return outcome
+
+
+def _site_train_records(replies: list[Message]) -> list[dict]:
+    out = []
+    for msg in replies:
+        if not msg.has_error():
+            m = msg.content[METRICS]
+            out.append({"site": site_name(msg.content), "n_train": int(m[NUM_EXAMPLES]),
+                        "train_loss": float(m["train-loss"])})
+    return sorted(out, key=lambda r: r["site"])
+
+
+class _RoundTracker:
+    """Completes a round once its validation metrics arrive: best round, callbacks, stop."""
+
+    def __init__(self, outcome: FederationOutcome, patience: int,
+                 on_round: Callable[[dict], None] | None,
+                 checkpoint: Callable[[FederationOutcome, dict], None] | None) -> None:
+        self.outcome, self.patience = outcome, patience
+        self.on_round, self.checkpoint = on_round, checkpoint
+        self.best_loss = np.inf
+
+    def finish(self, record: dict, state: dict, replies: list[Message], n_classes: int) -> bool:
+        """Attach pooled and per-site validation; return True when training should stop."""
+        ok = [m.content for m in replies if not m.has_error() and VAL_EXAMPLES in
+              next(iter(m.content.metric_records.values()), {})]
+        pooled = pool_validation(ok)
+        if int(pooled[VAL_EXAMPLES]) > 0:
+            record["val"] = {"loss": float(pooled["val-loss"]),
+                             "accuracy": float(pooled["val-accuracy"]),
+                             "f1_macro": float(pooled["val-f1-macro"])}
+        per_site = {r["site"]: r for r in record.get("sites", [])}
+        for content in ok:
+            name = site_name(content)
+            per_site.setdefault(name, {"site": name})["val"] = _site_val_record(content,
+                                                                                n_classes)
+        record["sites"] = [per_site[k] for k in sorted(per_site)]
+        outcome = self.outcome
+        val_loss = record.get("val", {}).get("loss", np.inf)
+        if val_loss < self.best_loss - 1e-4:
+            self.best_loss, outcome.best_round = val_loss, record["round"]
+            outcome.best_state = copy.deepcopy(state)
+        outcome.rounds.append(record)
+        if self.on_round is not None:
+            self.on_round(record)
+        if self.checkpoint is not None:
+            self.checkpoint(outcome, state)
+        stop = bool(outcome.best_round) and record["round"] - outcome.best_round >= self.patience
+        if stop:
+            logger.info("early stop after round %d (best %d)", record["round"],
+                        outcome.best_round)
+        return stop
+
+
+def save_checkpoint(directory: Path, outcome: FederationOutcome, state: dict[str, Any]) -> None:
+    """Last completed round's global weights and history (atomic replace)."""
+    import torch
+
+    from common.bundle import write_json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / ".global.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(directory / "global.pt")
+    write_json(directory / "state.json", {
+        "round": outcome.rounds[-1]["round"] if outcome.rounds else 0,
+        "best_round": outcome.best_round,
+        "rounds": outcome.rounds,
+    })

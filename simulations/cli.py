@@ -1,0 +1,235 @@
+"""``cancer-alpha``: the project's command line.
+
+Each package contributes its commands (``site ...`` from ``client``); this module
+composes them. Torch and Flower are imported inside commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from client.cli import app as site_app
+from common.config import RunConfig
+
+app = typer.Typer(
+    name="cancer-alpha",
+    help="Federated multi-omics cancer classification: simulate a consortium of hospitals, "
+    "train centrally or with classical baselines on the same split, evaluate a model, "
+    "and check a site's data.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Never print local variables in tracebacks: they may hold patient data.
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(site_app, name="site", help="Commands a hospital site runs on its own data.")
+console = Console(stderr=True)
+_DEFAULT = RunConfig()
+
+DataOpt = Annotated[str, typer.Option(
+    "--data", help="Dataset directory, or a bundled alias: brca, rosmap.")]
+TestDataOpt = Annotated[str, typer.Option(
+    "--test-data", help="Separate dataset directory used as the global test split.")]
+ManifestOpt = Annotated[str, typer.Option(
+    "--manifest", help="Manifest (dataset.toml) for --data, if not inside the directory.")]
+PartitionOpt = Annotated[str, typer.Option(
+    "--partition", help="site (tissue-source site), iid, or dirichlet:ALPHA.")]
+SitesOpt = Annotated[int, typer.Option(
+    "--sites", help="Hospitals: for site, keep the N-1 largest and merge the rest; "
+    "for iid/dirichlet, the count. 0 = automatic.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the split, init and training.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory to write.")]
+RoundsOpt = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
+EpochsOpt = Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
+    for noisy in ("flwr", "ray"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2) from exc
+
+
+@app.command()
+def simulate(
+    data: DataOpt = _DEFAULT.data,
+    test_data: TestDataOpt = "",
+    manifest: ManifestOpt = "",
+    partition: PartitionOpt = _DEFAULT.partition,
+    sites: SitesOpt = 0,
+    rounds: RoundsOpt = _DEFAULT.rounds,
+    local_epochs: EpochsOpt = _DEFAULT.local_epochs,
+    strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = _DEFAULT.strategy,
+    proximal_mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = (
+        _DEFAULT.proximal_mu),
+    min_site_size: Annotated[int, typer.Option(
+        help="site partition: smaller sites are merged into 'other'.")] = _DEFAULT.min_site_size,
+    seed: SeedOpt = _DEFAULT.seed,
+    out: OutOpt = None,
+    compare: Annotated[bool, typer.Option(
+        help="Also train the centralized model and the baselines on the same split.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a federation of virtual hospitals on one machine (Flower simulation engine).
+
+    With no options: the bundled TCGA BRCA data, one hospital per tissue source site,
+    FedAvg. Writes a run directory with config.json, metrics.json, the model bundle,
+    per-round curves and a confusion matrix.
+    """
+    _setup_logging(verbose)
+    from simulations.runner import simulate as run
+
+    try:
+        cfg = RunConfig(data=data, test_data=test_data, manifest=manifest, partition=partition,
+                        sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
+                        proximal_mu=proximal_mu, min_site_size=min_site_size, seed=seed,
+                        out=str(out) if out else "")
+        run_dir = run(cfg, compare=compare)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    _print_summary(run_dir)
+
+
+def _print_summary(run_dir: Path) -> None:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    table = Table(title=f"Global test split: {run_dir}")
+    for col in ("model", "accuracy", "balanced acc.", "F1 macro", "F1 weighted", "AUC (OvR)"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    rows = [(f"federated (best round {metrics.get('best_round', 0)})", metrics)]
+    comparison = metrics.get("comparison", {})
+    if "centralized" in comparison:
+        rows.append(("centralized", comparison["centralized"]))
+    rows.extend((name, m) for name, m in comparison.get("baselines", {}).items())
+    for name, m in rows:
+        table.add_row(name, *(f"{m.get(k, float('nan')):.3f}" for k in
+                              ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted",
+                               "roc_auc_ovr")))
+    Console().print(table)
+
+
+@app.command("train-central")
+def train_central_cmd(
+    data: DataOpt = _DEFAULT.data,
+    test_data: TestDataOpt = "",
+    manifest: ManifestOpt = "",
+    partition: PartitionOpt = _DEFAULT.partition,
+    sites: SitesOpt = 0,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = (
+        _DEFAULT.rounds * _DEFAULT.local_epochs),
+    seed: SeedOpt = _DEFAULT.seed,
+    out: OutOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train the same model on pooled data, with the split a federation would use.
+
+    Training and validation patients are the union of the hospitals' splits for the
+    given --partition, so the result is comparable with `simulate`.
+    """
+    _setup_logging(verbose)
+    from common.federation import load_federation
+    from simulations.central import train_central
+
+    try:
+        cfg = RunConfig(data=data, test_data=test_data, manifest=manifest, partition=partition,
+                        sites=sites, rounds=epochs, local_epochs=1, seed=seed)
+        fed = load_federation(cfg)
+        result = train_central(fed, cfg, (out / "model") if out else None)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    if out:
+        from common.bundle import write_json
+
+        write_json(out / "metrics.json", result)
+        write_json(out / "config.json", {"run_config": cfg.to_dict(), "federation": {
+            **fed.record(), "fingerprints": fed.fingerprints}})
+    print(json.dumps({k: v for k, v in result.items() if k not in ("history", "test")},
+                     indent=2))
+
+
+@app.command()
+def baselines(
+    data: DataOpt = _DEFAULT.data,
+    test_data: TestDataOpt = "",
+    manifest: ManifestOpt = "",
+    partition: PartitionOpt = _DEFAULT.partition,
+    sites: SitesOpt = 0,
+    seed: SeedOpt = _DEFAULT.seed,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Logistic regression, random forest, SVM and gradient boosting on the same split."""
+    _setup_logging(verbose)
+    from common.federation import load_federation
+    from simulations.central import REPORTED, run_baselines_on_split
+
+    try:
+        cfg = RunConfig(data=data, test_data=test_data, manifest=manifest, partition=partition,
+                        sites=sites, seed=seed)
+        results = run_baselines_on_split(load_federation(cfg), seed)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    print(json.dumps({name: {k: m[k] for k in REPORTED} for name, m in results.items()},
+                     indent=2))
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="Run directory or model bundle.")],
+    data: DataOpt,
+    split: Annotated[str, typer.Option(help="Split of --data to use (manifest splits).")] = "",
+    manifest: ManifestOpt = "",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Score a trained model on a labelled dataset; prints metrics as JSON.
+
+    Modalities the data lacks are treated as missing (with a warning); feature names
+    that differ from the model's schema are an error.
+    """
+    _setup_logging(verbose)
+    from common.bundle import BundleError, load_bundle
+    from common.dataset import load_dataset
+    from common.metrics import classification_metrics
+    from common.paths import resolve_data_dir
+
+    try:
+        bundle = load_bundle(model)
+        directory = resolve_data_dir(data)
+        loaded = load_dataset(directory, split=split or None,
+                              manifest=Path(manifest) if manifest else None,
+                              schema=bundle.schema)
+        proba = bundle.predict_proba(loaded, str(directory))
+        metrics = classification_metrics(loaded.labels, proba, bundle.schema.label_names)
+    except (ValueError, FileNotFoundError, BundleError) as exc:
+        _fail(exc)
+    metrics["modalities_present"] = loaded.present_modalities()
+    print(json.dumps(metrics, indent=2))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
+
+
+

@@ -1,0 +1,106 @@
+"""Run a whole federation on one machine with Flower's simulation engine, in-process.
+
+The ServerApp and ClientApp are the same objects ``flwr run`` loads (built by
+``server.app.build_server_app`` / ``client.app.build_client_app``); the runner only
+passes the run config to them, sizes the federation to the partition, and afterwards
+trains the centralized model and the classical baselines on the same split.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from common.config import RunConfig, offline_flower_env
+
+logger = logging.getLogger(__name__)
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def simulate(cfg: RunConfig, *, compare: bool = True, show_progress: bool = True) -> Path:
+    """Federated training on the simulation engine; returns the run directory."""
+    offline_flower_env()
+    from flwr.simulation import run_simulation
+
+    from client.app import build_client_app
+    from common.federation import load_federation
+    from server.app import build_server_app, default_run_dir
+
+    fed = load_federation(cfg)  # fails fast, with the loader's message, on bad data
+    run_id = new_run_id()
+    run_dir = default_run_dir(cfg, run_id) if cfg.out else Path("runs") / f"sim-{run_id}"
+    cfg = replace(cfg, out=str(run_dir))
+    overrides = cfg.to_flower()
+    n_sites = len(fed.plan.sites)
+    logger.info("simulating %d hospitals (%s partition), %d rounds -> %s",
+                n_sites, cfg.partition, cfg.rounds, run_dir)
+    with _RoundProgress(cfg.rounds, enabled=show_progress) as progress:
+        started = time.perf_counter()
+        run_simulation(
+            server_app=build_server_app(overrides, run_id=run_id, on_round=progress.update),
+            client_app=build_client_app(overrides),
+            num_supernodes=n_sites,
+            backend_config=_backend_config(),
+        )
+        wall = time.perf_counter() - started
+    if not (run_dir / "metrics.json").exists():
+        raise RuntimeError(f"the simulation ended without writing {run_dir}/metrics.json; "
+                           "see the log above for the ServerApp error")
+    from server.outputs import update_metrics
+
+    update_metrics(run_dir, simulation_wall_seconds=wall)
+    if compare:
+        from simulations.central import compare_on_split
+
+        update_metrics(run_dir, comparison=compare_on_split(fed, cfg, run_dir))
+    return run_dir
+
+
+def _backend_config() -> dict:
+    # One CPU per virtual hospital so sites train in parallel, one torch thread each.
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": os.cpu_count() or 1, "include_dashboard": False,
+                      "logging_level": "error", "log_to_driver": False},
+    }
+
+
+class _RoundProgress:
+    """A Rich progress bar over rounds, fed by the ServerApp's per-round callback."""
+
+    def __init__(self, rounds: int, enabled: bool) -> None:
+        self.rounds, self.enabled = rounds, enabled
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> _RoundProgress:
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("[bold]federated rounds"), BarColumn(),
+                                      TextColumn("{task.completed}/{task.total}"),
+                                      TextColumn("{task.description}"), TimeElapsedColumn())
+            self._progress.start()
+            self._task = self._progress.add_task("", total=self.rounds)
+        return self
+
+    def update(self, record: dict) -> None:
+        if self._progress is None:
+            return
+        val, test = record.get("val", {}), record.get("test", {})
+        text = f"val loss {val.get('loss', float('nan')):.3f}"
+        if test:
+            text += f"  test F1m {test['f1_macro']:.3f}"
+        self._progress.update(self._task, completed=record["round"], description=text)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
