@@ -65,6 +65,8 @@ class TrainConfig:
     class_weighting: str = "balanced"
     max_epochs: int = 60
     patience: int = 10
+    # Model selection on validation data: "f1_macro" (ties: lower loss) or "loss".
+    selection: str = "f1_macro"
     device: str = "auto"
     amp: bool = True
 
@@ -148,7 +150,8 @@ class RunConfig:
         for key, value in flat.items():
             name = key.replace("-", "_")
             prefix, dot, rest = name.partition(".")
-            if dot and prefix in nested:
+            section = {"model": ModelConfig, "train": TrainConfig}.get(prefix)
+            if dot and section is not None and rest in section.__dataclass_fields__:
                 nested[prefix][rest] = value
             elif name in known:
                 top[name] = value

@@ -137,7 +137,8 @@ class MultiModalTransformer(nn.Module):
             present = _drop_modalities(present, self.spec.config.modality_dropout)
         parts = torch.split(x, self.sizes, dim=1)
         tok = torch.cat([enc(p) for enc, p in zip(self.tokenizers, parts, strict=True)], dim=1)
-        tok = tok + self.token_embedding(self.token_ids)[None]
+        # Index with a batch dimension: Opacus reads dim 0 of every input as the sample.
+        tok = tok + self.token_embedding(self.token_ids.expand(x.shape[0], -1))
         token_present = present[:, self.token_modality]  # [B, T]
         key_bias = torch.zeros(token_present.shape, dtype=tok.dtype, device=tok.device)
         key_bias = key_bias.masked_fill(~token_present, -1e4)
@@ -153,7 +154,8 @@ class MultiModalTransformer(nn.Module):
 
     def modality_weights(self, present: torch.Tensor) -> torch.Tensor:
         """Fusion weights ``[B, M]``: softmax of learned logits over present modalities."""
-        logits = self.modality_logit(self.modality_ids).squeeze(-1)[None].expand_as(present)
+        ids = self.modality_ids.expand(present.shape[0], -1)  # batch-first, as for Opacus
+        logits = self.modality_logit(ids).squeeze(-1)
         logits = logits.masked_fill(~present, -1e4)
         return torch.softmax(logits, dim=-1) * present
 

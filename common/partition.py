@@ -11,7 +11,8 @@ Partitioners:
   are kept and every other site is merged into ``other``.
 * ``dirichlet:ALPHA``: label skew; each class is spread over ``n_sites`` hospitals with
   Dirichlet(ALPHA) proportions (smaller ALPHA = more skew), redrawn until every hospital
-  has at least ``min_site_size`` patients.
+  has at least ``min(min_site_size, 10)`` patients (strong skew rarely fills larger
+  minimums).
 * ``iid``: stratified, equally sized hospitals.
 
 Every hospital holds out ``val_fraction`` of its patients (stratified where the class
@@ -144,6 +145,10 @@ def _group_by_site(
         keep = ranked[: n_sites - 1] if len(ranked) > n_sites else ranked
     else:
         keep = [c for c in ranked if counts[c] >= min_site_size]
+    small = [c for c in keep if counts[c] < 2]
+    if small:
+        raise ValueError(f"sites {small} have fewer than 2 patients after the test split; "
+                         "lower --sites")
     groups = {c: np.flatnonzero(codes == c) for c in keep}
     rest = np.flatnonzero(~np.isin(codes, keep))
     dropped: dict[str, int] = {}

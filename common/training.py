@@ -219,6 +219,34 @@ def evaluation_loss(proba: np.ndarray, labels: np.ndarray, class_weight: np.ndar
 
 
 @dataclass
+class BestTracker:
+    """Model selection on validation data: ``f1_macro`` (ties: lower loss) or ``loss``.
+
+    Class-weighted validation loss keeps rising once a model grows confident on the
+    majority classes while its macro-F1 still improves, so macro-F1 is the default.
+    """
+
+    criterion: str = "f1_macro"
+    best_step: int = 0
+    _best: tuple[float, ...] = (-math.inf, -math.inf)
+
+    def __post_init__(self) -> None:
+        if self.criterion not in ("f1_macro", "loss"):
+            raise ValueError(f"selection must be 'f1_macro' or 'loss', not {self.criterion!r}")
+
+    def update(self, step: int, f1_macro: float, loss: float) -> bool:
+        """Record a validation result; True when it is the new best."""
+        key = (f1_macro, -loss) if self.criterion == "f1_macro" else (-loss, f1_macro)
+        if key > self._best:
+            self._best, self.best_step = key, step
+            return True
+        return False
+
+    def stale(self, step: int, patience: int) -> bool:
+        return self.best_step > 0 and step - self.best_step >= patience
+
+
+@dataclass
 class FitResult:
     best_epoch: int
     history: list[dict]
@@ -236,7 +264,9 @@ def fit(
     evaluate: Callable[[nn.Module], dict] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
-    """Centralized training with early stopping on validation loss (best weights restored).
+    """Centralized training with early stopping on validation (best weights restored).
+
+    Selection follows ``cfg.selection`` (see :class:`BestTracker`).
 
     ``evaluate`` (optional) adds extra per-epoch metrics to the history, e.g. for plots;
     it never influences model selection.
@@ -249,7 +279,7 @@ def fit(
         class_weight = class_weights(train.class_counts(), cfg.class_weighting)
     loader = make_loader(train, cfg.batch_size, shuffle=True, seed=seed)
     optimizer = make_optimizer(model, cfg)
-    best_loss, best_epoch, best_state, history = math.inf, 0, None, []
+    tracker, best_state, history = BestTracker(cfg.selection), None, []
     for epoch in range(1, cfg.max_epochs + 1):
         stats = train_epochs(
             model,
@@ -278,14 +308,13 @@ def fit(
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if val_loss < best_loss - 1e-4:
-            best_loss, best_epoch = val_loss, epoch
+        if tracker.update(epoch, val_metrics["f1_macro"], val_loss):
             best_state = copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= cfg.patience:
-            logger.info("early stop at epoch %d (best %d)", epoch, best_epoch)
+        elif tracker.stale(epoch, cfg.patience):
+            logger.info("early stop at epoch %d (best %d)", epoch, tracker.best_step)
             break
     assert best_state is not None
     model.load_state_dict(best_state)
     for rec in history:
-        rec["best"] = rec["epoch"] == best_epoch
-    return FitResult(best_epoch=best_epoch, history=history, state_dict=best_state)
+        rec["best"] = rec["epoch"] == tracker.best_step
+    return FitResult(best_epoch=tracker.best_step, history=history, state_dict=best_state)

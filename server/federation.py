@@ -3,7 +3,7 @@
 One run: ask every site to ``describe`` itself (schema, class counts, feature sums),
 merge those into the consortium schema, the standardizer and the class weights, then
 run ``rounds`` of train -> aggregate -> federated validation (-> test evaluation in
-simulation), keep the round with the best pooled validation loss (never the test
+simulation), keep the round with the best pooled validation macro-F1 (never the test
 split), checkpoint after every round, and stop early after ``round_patience`` rounds
 without improvement.
 """
@@ -166,7 +166,8 @@ def run_federation(
                               min_sites=cfg.min_sites, proximal_mu=cfg.proximal_mu)
     prepared_test = standardizer.transform(test.align_to(schema, "test split")) \
         if test is not None else None
-    tracker = _RoundTracker(outcome, cfg.round_patience, on_round, checkpoint)
+    tracker = _RoundTracker(outcome, cfg.train.selection, cfg.round_patience, on_round,
+                            checkpoint)
     pending: tuple[dict, dict] | None = None  # (record, weights) of a round awaiting validation
     for rnd in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
@@ -227,12 +228,14 @@ def _site_train_records(replies: list[Message]) -> list[dict]:
 class _RoundTracker:
     """Completes a round once its validation metrics arrive: best round, callbacks, stop."""
 
-    def __init__(self, outcome: FederationOutcome, patience: int,
+    def __init__(self, outcome: FederationOutcome, selection: str, patience: int,
                  on_round: Callable[[dict], None] | None,
                  checkpoint: Callable[[FederationOutcome, dict], None] | None) -> None:
+        from common.training import BestTracker
+
         self.outcome, self.patience = outcome, patience
         self.on_round, self.checkpoint = on_round, checkpoint
-        self.best_loss = np.inf
+        self.best = BestTracker(selection)
 
     def finish(self, record: dict, state: dict, replies: list[Message], n_classes: int) -> bool:
         """Attach pooled and per-site validation; return True when training should stop."""
@@ -250,16 +253,16 @@ class _RoundTracker:
                                                                                 n_classes)
         record["sites"] = [per_site[k] for k in sorted(per_site)]
         outcome = self.outcome
-        val_loss = record.get("val", {}).get("loss", np.inf)
-        if val_loss < self.best_loss - 1e-4:
-            self.best_loss, outcome.best_round = val_loss, record["round"]
+        val = record.get("val", {"f1_macro": -np.inf, "loss": np.inf})
+        if self.best.update(record["round"], val["f1_macro"], val["loss"]):
+            outcome.best_round = record["round"]
             outcome.best_state = copy.deepcopy(state)
         outcome.rounds.append(record)
         if self.on_round is not None:
             self.on_round(record)
         if self.checkpoint is not None:
             self.checkpoint(outcome, state)
-        stop = bool(outcome.best_round) and record["round"] - outcome.best_round >= self.patience
+        stop = self.best.stale(record["round"], self.patience)
         if stop:
             logger.info("early stop after round %d (best %d)", record["round"],
                         outcome.best_round)

@@ -101,7 +101,7 @@ def simulate(
                         sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
                         proximal_mu=proximal_mu, min_site_size=min_site_size, seed=seed,
                         out=str(out) if out else "")
-        run_dir = run(cfg, compare=compare)
+        run_dir = run(cfg, compare=compare, verbose=verbose)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
     _print_summary(run_dir)

@@ -25,10 +25,14 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def simulate(cfg: RunConfig, *, compare: bool = True, show_progress: bool = True) -> Path:
+def simulate(
+    cfg: RunConfig, *, compare: bool = True, show_progress: bool = True, verbose: bool = False
+) -> Path:
     """Federated training on the simulation engine; returns the run directory."""
     offline_flower_env()
     from flwr.simulation import run_simulation
+
+    _flower_logging(verbose)
 
     from client.app import build_client_app
     from common.federation import load_federation
@@ -62,6 +66,13 @@ def simulate(cfg: RunConfig, *, compare: bool = True, show_progress: bool = True
 
         update_metrics(run_dir, comparison=compare_on_split(fed, cfg, run_dir))
     return run_dir
+
+
+def _flower_logging(verbose: bool) -> None:
+    """Flower logs each message exchange at INFO on its own handler: keep that for -v."""
+    flower = logging.getLogger("flwr")
+    flower.propagate = False  # its own console handler already prints
+    flower.setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _backend_config() -> dict:
