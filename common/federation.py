@@ -17,7 +17,13 @@ import numpy as np
 from common.config import RunConfig
 from common.data import MultiOmicsData
 from common.dataset import dataset_fingerprint, load_dataset, read_manifest, site_codes
-from common.partition import FederationPlan, PartitionSpec, ids_digest, plan_federation, test_split
+from common.partition import (
+    FederationPlan,
+    PartitionSpec,
+    holdout_split,
+    ids_digest,
+    plan_federation,
+)
 from common.paths import resolve_data_dir
 
 logger = logging.getLogger(__name__)
@@ -115,7 +121,7 @@ def build_federation(
     else:
         full = load_dataset(directory, manifest=manifest_path)
         assert full.labels is not None
-        pool_idx, test_idx = test_split(full.labels, seed, test_fraction)
+        pool_idx, test_idx = holdout_split(full.labels, seed, test_fraction)
         pool, test = full.subset(pool_idx), full.subset(test_idx)
         source = f"held-out stratified {test_fraction:g} (seed {seed})"
     if pool.labels is None:

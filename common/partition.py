@@ -99,7 +99,7 @@ class FederationPlan:
         return out
 
 
-def test_split(
+def holdout_split(
     labels: np.ndarray, seed: int, test_fraction: float = DEFAULT_TEST_FRACTION
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified ``(pool_idx, test_idx)``; same call as the measured reference baselines."""

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from common.bundle import load_bundle
 from common.config import RunConfig
 from common.dataset import load_dataset
-from common.partition import test_split
+from common.partition import holdout_split
 from common.paths import resolve_data_dir
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,7 @@ def brca_dirs(tmp_path_factory):
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
     data = load_dataset(source)
-    pool, test = test_split(data.labels, seed=0)
+    pool, test = holdout_split(data.labels, seed=0)
     root = tmp_path_factory.mktemp("brca-format")
     for name, rows, modalities in (
         ("train", pool, data.modality_names),

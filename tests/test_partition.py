@@ -14,7 +14,7 @@ from common.partition import (
     plan_federation,
     split_validation,
 )
-from common.partition import test_split as global_test_split  # not a pytest test
+from common.partition import holdout_split as global_test_split
 
 
 def make_labels(counts: list[int], seed: int = 0) -> np.ndarray:
