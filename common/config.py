@@ -54,8 +54,8 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation hyper-parameters (recorded in every run's config.json)."""
 
-    batch_size: int = 32
-    lr: float = 3e-4
+    batch_size: int = 16
+    lr: float = 2e-3
     min_lr_fraction: float = 0.05
     warmup_fraction: float = 0.05
     weight_decay: float = 0.05
