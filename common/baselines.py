@@ -19,6 +19,7 @@ from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegressionCV
+from sklearn.metrics import f1_score, make_scorer
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_sample_weight
@@ -36,6 +37,9 @@ SVM_CS = (0.5, 1.0, 2.0, 5.0, 10.0)
 RF_TREES = 500
 HGB_VALIDATION_FRACTION = 0.15
 MAX_INNER_FOLDS = 5
+# A scorer object, not the string "f1_macro": LogisticRegressionCV on binary labels passes
+# pos_label to the string scorer a second time and fails (scikit-learn 1.9).
+MACRO_F1 = make_scorer(f1_score, average="macro")
 
 
 def inner_cv(y: np.ndarray, seed: int) -> StratifiedKFold:
@@ -60,7 +64,7 @@ def _fit_logistic_regression(x: np.ndarray, y: np.ndarray, seed: int) -> BaseEst
     model = LogisticRegressionCV(
         Cs=list(LOGREG_CS),
         cv=inner_cv(y, seed),
-        scoring="f1_macro",
+        scoring=MACRO_F1,
         solver="lbfgs",  # multinomial loss for >= 3 classes
         max_iter=5000,
         class_weight="balanced",
@@ -78,7 +82,7 @@ def _fit_svm(x: np.ndarray, y: np.ndarray, seed: int) -> BaseEstimator:
         SVC(kernel="rbf", class_weight="balanced"),
         {"C": list(SVM_CS)},
         cv=cv,
-        scoring="f1_macro",
+        scoring=MACRO_F1,
     ).fit(x, y)
     best_c = float(search.best_params_["C"])
     # Platt scaling on out-of-fold decision values, the replacement scikit-learn 1.9

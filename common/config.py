@@ -90,8 +90,8 @@ class RunConfig:
     min_site_size: int = 20
     val_fraction: float = 0.2
     test_fraction: float = 0.3
-    rounds: int = 20
-    local_epochs: int = 2
+    rounds: int = 10
+    local_epochs: int = 4
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     fraction_train: float = 1.0

@@ -50,7 +50,7 @@ class SimulatedFederation:
         return site.name, self.pool.subset(site.train), self.pool.subset(site.val)
 
     def record(self) -> dict:
-        """What config.json keeps about the split (counts and digests, no patient ids)."""
+        """What config.json keeps about the split and data (counts and hashes, no ids)."""
         labels = self.pool.labels
         assert labels is not None
         return {
@@ -60,6 +60,7 @@ class SimulatedFederation:
             "test_ids_sha256": ids_digest(self.test.patient_ids),
             "sites": self.plan.record(labels, self.pool.schema.label_names),
             "dropped_sites": self.plan.dropped,
+            "fingerprints": self.fingerprints,
         }
 
 

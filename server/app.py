@@ -34,7 +34,7 @@ def run_server(
         from common.federation import load_federation
 
         fed = load_federation(cfg)
-        test, record = fed.test, {**fed.record(), "fingerprints": fed.fingerprints}
+        test, record = fed.test, fed.record()
     outcome = run_federation(
         grid, cfg, test=test,
         checkpoint=lambda o, state: save_checkpoint(run_dir / CHECKPOINT_DIR, o, state),

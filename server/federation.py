@@ -55,7 +55,8 @@ class FederationOutcome:
     rounds: list[dict] = field(default_factory=list)
     best_round: int = 0
     best_state: dict[str, Any] | None = None
-    seconds: float = 0.0
+    setup_seconds: float = 0.0  # sites connecting and describing themselves, model init
+    seconds: float = 0.0  # the whole federation, setup included
 
 
 def wait_for_sites(grid: Grid, minimum: int, timeout: float) -> list[int]:
@@ -169,6 +170,7 @@ def run_federation(
     tracker = _RoundTracker(outcome, cfg.train.selection, cfg.round_patience, on_round,
                             checkpoint)
     pending: tuple[dict, dict] | None = None  # (record, weights) of a round awaiting validation
+    outcome.setup_seconds = time.perf_counter() - start
     for rnd in range(1, cfg.rounds + 1):
         t0 = time.perf_counter()
         rc = RoundConfig(schema, standardizer, weight, local_epochs=cfg.local_epochs,
@@ -258,6 +260,10 @@ class _RoundTracker:
             outcome.best_round = record["round"]
             outcome.best_state = copy.deepcopy(state)
         outcome.rounds.append(record)
+        logger.info("round %d: val loss %.3f, val macro-F1 %.3f%s%s", record["round"],
+                    val["loss"], val["f1_macro"],
+                    f", test macro-F1 {record['test']['f1_macro']:.3f}" if "test" in record
+                    else "", " (best so far)" if outcome.best_round == record["round"] else "")
         if self.on_round is not None:
             self.on_round(record)
         if self.checkpoint is not None:

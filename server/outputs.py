@@ -54,6 +54,8 @@ def write_federated_outputs(
         "best_round": outcome.best_round,
         "rounds_run": len(outcome.rounds),
         "federated_seconds": outcome.seconds,
+        "setup_seconds": outcome.setup_seconds,
+        "rounds_seconds": outcome.seconds - outcome.setup_seconds,
         "sites": _per_site_summary(outcome),
         "rounds": outcome.rounds,
     })

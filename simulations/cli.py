@@ -157,8 +157,8 @@ def train_central_cmd(
         from common.bundle import write_json
 
         write_json(out / "metrics.json", result)
-        write_json(out / "config.json", {"run_config": cfg.to_dict(), "federation": {
-            **fed.record(), "fingerprints": fed.fingerprints}})
+        write_json(out / "config.json", {"run_config": cfg.to_dict(),
+                                          "federation": fed.record()})
     print(json.dumps({k: v for k, v in result.items() if k not in ("history", "test")},
                      indent=2))
 

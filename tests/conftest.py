@@ -34,3 +34,14 @@ def write_files(tmp_path: Path) -> Callable[..., Path]:
         return directory
 
     return write
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one intra-op thread avoids OpenMP spin-waiting on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,17 +19,12 @@ from common.protocol import RoundConfig, SiteDescription
 from common.schema import FeatureSchema
 from common.training import predict_proba
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 MODALITIES = {"rna": 6, "meth": 4, "clin": 2}
 LABELS = ["A", "B", "C"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waiting on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_schema(modalities: dict[str, int] = MODALITIES) -> FeatureSchema:

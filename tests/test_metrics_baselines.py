@@ -285,3 +285,18 @@ def test_importing_plots_does_not_import_matplotlib() -> None:
     code = "import sys, common.plots; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_baselines_handle_binary_labels() -> None:
+    """Two classes (e.g. ROSMAP): every baseline fits, tunes and beats the majority rate."""
+    data = _synthetic(n=120, class_probs=(0.5, 0.5), seed=3)
+    tr, te = train_test_split(
+        np.arange(data.n), test_size=0.33, stratify=data.labels, random_state=0
+    )
+    std = Standardizer.fit(data.subset(tr))
+    train, test = std.transform(data.subset(tr)), std.transform(data.subset(te))
+    results = run_baselines(train, test, seed=0)
+    majority = np.bincount(test.labels).max() / test.n
+    for name, m in results.items():
+        assert m["accuracy"] >= majority + 0.15, (name, m["accuracy"], majority)
+        assert 0.5 <= m["roc_auc_ovr"] <= 1.0, name

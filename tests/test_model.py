@@ -30,16 +30,11 @@ from common.training import (
     weighted_loss,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZES = {"rna": 7, "mirna": 3, "clin": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waiting on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small_config(**overrides) -> ModelConfig:

@@ -1,0 +1,92 @@
+"""``flwr run`` executes the apps declared in pyproject.toml, offline, on real data.
+
+``flwr run`` starts a local SuperLink that keeps running after the run; the test finds
+it (and anything it started) by the unique FLWR_HOME in its command line and stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.paths import bundled_data_root
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and int(entry.name) != os.getpid():
+            pids.append(int(entry.name))
+    return pids
+
+
+def _stop(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_flwr_run_trains_and_writes_a_run_directory(tmp_path):
+    flwr = shutil.which("flwr", path=str(Path(sys.executable).parent))
+    if flwr is None:
+        pytest.skip("the flwr command is not installed next to this Python")
+    try:
+        data_root = bundled_data_root()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+        "options.num-supernodes = 3\noptions.backend.client-resources.num-cpus = 1\n"
+    )
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "CANCER_ALPHA_DATA": str(data_root),
+    }
+    overrides = (f'rounds=2 local-epochs=1 partition="iid" sites=3 out="{out}" '
+                 "model.d-model=64 model.n-heads=4")
+    try:
+        proc = subprocess.run(
+            [flwr, "run", str(REPO), "local", "--run-config", overrides, "--stream"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        _stop(_processes_mentioning(str(home)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["rounds_run"] == 2
+    assert len(metrics["sites"]) == 3
+    assert 0.0 <= metrics["f1_macro"] <= 1.0
+    assert (out / "model" / "weights.pt").is_file()
+    assert not _processes_mentioning(str(home))
