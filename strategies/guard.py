@@ -69,4 +69,6 @@ class UpdateGuard:
                            server_round, site, msg.metadata.src_node_id, problem)
             self.rejected.append({"site": site, "node": msg.metadata.src_node_id,
                                   "reason": problem})
+        # Replies arrive in completion order; a fixed order keeps float sums reproducible.
+        accepted.sort(key=lambda m: (site_name(m.content), m.metadata.src_node_id))
         return super().aggregate_train(server_round, accepted)  # type: ignore[misc]
