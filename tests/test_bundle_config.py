@@ -324,3 +324,14 @@ def test_site_description_survives_a_flower_record():
     for m in stats.count:
         assert np.allclose(back.stats.total[m], stats.total[m])
         assert np.allclose(back.stats.total_sq[m], stats.total_sq[m])
+
+
+def test_pyproject_flower_config_matches_run_config_defaults():
+    """`flwr run` only accepts keys declared in pyproject.toml; they must mirror RunConfig."""
+    import tomllib
+
+    from flwr.common.config import flatten_dict
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    declared = flatten_dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])
+    assert declared == RunConfig().to_flower()
