@@ -22,6 +22,7 @@ def offline_flower_env(flwr_home: Path | None = None) -> None:
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning
     if flwr_home is not None:
         os.environ.setdefault("FLWR_HOME", str(flwr_home))
 

@@ -110,9 +110,10 @@ def simulate(
 def _print_summary(run_dir: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     table = Table(title=f"Global test split: {run_dir}")
-    for col in ("model", "accuracy", "balanced acc.", "F1 macro", "F1 weighted", "AUC (OvR)"):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    rows = [(f"federated (best round {metrics.get('best_round', 0)})", metrics)]
+    table.add_column("model", no_wrap=True)
+    for col in ("accuracy", "bal. acc.", "F1 macro", "F1 weighted", "AUC (OvR)"):
+        table.add_column(col, justify="right")
+    rows = [(f"federated, round {metrics.get('best_round', 0)}", metrics)]
     comparison = metrics.get("comparison", {})
     if "centralized" in comparison:
         rows.append(("centralized", comparison["centralized"]))

@@ -69,10 +69,14 @@ def simulate(
 
 
 def _flower_logging(verbose: bool) -> None:
-    """Flower logs each message exchange at INFO on its own handler: keep that for -v."""
+    """Flower logs each message exchange at INFO on its own handler: keep that for -v.
+
+    Without -v only errors pass: the in-process ``run_simulation`` API this runner uses
+    is reported as deprecated at WARNING on every run.
+    """
     flower = logging.getLogger("flwr")
     flower.propagate = False  # its own console handler already prints
-    flower.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    flower.setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def _backend_config() -> dict:
@@ -107,7 +111,7 @@ class _RoundProgress:
         if self._progress is None:
             return
         val, test = record.get("val", {}), record.get("test", {})
-        text = f"val loss {val.get('loss', float('nan')):.3f}"
+        text = f"val F1m {val.get('f1_macro', float('nan')):.3f}"
         if test:
             text += f"  test F1m {test['f1_macro']:.3f}"
         self._progress.update(self._task, completed=record["round"], description=text)
