@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 STRATEGIES = ("fedavg", "fedprox")
 
@@ -27,8 +27,20 @@ def offline_flower_env(flwr_home: Path | None = None) -> None:
         os.environ.setdefault("FLWR_HOME", str(flwr_home))
 
 
+class _Section:
+    """A nested config section: plain dict form, tolerant of keys from other versions."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Self:
+        fields_ = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        return cls(**{k: v for k, v in d.items() if k in fields_})
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """Architecture hyper-parameters (stored in every model bundle)."""
 
     d_model: int = 512
@@ -42,17 +54,9 @@ class ModelConfig:
     # model learns to predict when a hospital or test split lacks one.
     modality_dropout: float = 0.15
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
-
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """Optimisation hyper-parameters (recorded in every run's config.json)."""
 
     batch_size: int = 16
@@ -70,13 +74,6 @@ class TrainConfig:
     selection: str = "f1_macro"
     device: str = "auto"
     amp: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass
