@@ -8,7 +8,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from common.config import RunConfig
-from common.protocol import ARRAYS, CONFIG, METRICS, SITE, RoundConfig, site_record
+from common.protocol import ARRAYS, CONFIG, METRICS, SITE, RoundConfig, refusal, site_record
 
 
 def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
@@ -37,12 +37,18 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
+        from client.dp import RoundRefused, site_privacy
         from client.site import train_round
 
         cfg, site = setup(context)
         rc = RoundConfig.from_record(msg.content[CONFIG])
         state = msg.content[ARRAYS].to_torch_state_dict()
-        new_state, metrics = train_round(site, state, rc, cfg)
+        privacy = site_privacy(site.name, site.train.n, dict(context.node_config), cfg)
+        try:
+            new_state, metrics = train_round(site, state, rc, cfg, privacy=privacy,
+                                             run_id=str(msg.metadata.run_id))
+        except RoundRefused as exc:
+            return Message(content=refusal(site.name, str(exc)), reply_to=msg)
         content = RecordDict({
             ARRAYS: ArrayRecord(new_state),
             METRICS: MetricRecord(metrics),

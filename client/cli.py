@@ -3,6 +3,9 @@
 ``site check --data DIR`` validates a dataset directory (see :mod:`common.dataset` for
 the format) and, with ``--model RUN_DIR``, checks it against a trained model's schema.
 It never sends anything anywhere.
+
+``site budget --state-dir DIR`` shows the site's privacy ledger (``DIR/privacy-ledger.json``,
+see :mod:`client.privacy`): every DP-SGD round it has trained and the cumulative epsilon.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from rich.text import Text
 
 app = typer.Typer(
     name="site",
-    help="Commands for a participating site (hospital): check local data before joining.",
+    help="Commands for a participating site (hospital): check local data before joining, "
+    "show the privacy budget spent.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -120,3 +124,79 @@ def check(
         console.print(f"[red bold]FAILED[/red bold]: {n_err} error(s), {n_warn} warning(s)")
         raise typer.Exit(1)
     console.print(f"[green bold]OK[/green bold]: {n_warn} warning(s)")
+
+
+DEFAULT_BUDGET_DELTA = 1e-5
+
+
+@app.command()
+def budget(
+    state_dir: Path = typer.Option(
+        ..., "--state-dir", metavar="DIR",
+        help="The site's state directory (holds privacy-ledger.json).",
+    ),
+    delta: float | None = typer.Option(
+        None, "--delta", metavar="D",
+        help=f"Delta at which to report epsilon (default {DEFAULT_BUDGET_DELTA:g}).",
+    ),
+    epsilon_budget: float | None = typer.Option(
+        None, "--epsilon-budget", metavar="E",
+        help="The site's epsilon budget, to show what remains of it.",
+    ),
+) -> None:
+    """Show the privacy ledger: DP-SGD rounds trained and the cumulative epsilon."""
+    # Imported here so `cancer-alpha --help` stays fast (the accountants import torch).
+    from client.privacy import BudgetError, LedgerError, PrivacyBudget, PrivacyLedger, ledger_path
+
+    console = Console()
+    err = Console(stderr=True)
+    delta_note = ""
+    if delta is None:
+        delta, delta_note = DEFAULT_BUDGET_DELTA, " (default; set it with --delta)"
+    try:
+        # Validates delta, and epsilon when given, with the same rules as the site's budget.
+        PrivacyBudget(epsilon=1.0 if epsilon_budget is None else epsilon_budget, delta=delta)
+    except BudgetError as e:
+        hint = "--delta" if "delta" in str(e) else "--epsilon-budget"
+        raise typer.BadParameter(str(e), param_hint=hint) from None
+    if not state_dir.is_dir():
+        raise typer.BadParameter(f"{state_dir} is not a directory", param_hint="--state-dir")
+
+    path = ledger_path(state_dir)
+    try:
+        # accountant=None: report with whichever accountant the ledger was kept with.
+        ledger = PrivacyLedger.open(path, accountant=None)
+    except LedgerError as e:
+        err.print(Text(f"error: {e}", style="red"))
+        err.print("The ledger was left untouched; the site cannot train with DP until it is "
+                  "repaired or restored.")
+        raise typer.Exit(2) from None
+
+    console.print(f"[bold]Privacy ledger[/bold] {escape(str(path))}  "
+                  f"[dim]accountant: {ledger.accountant}[/dim]")
+    if not ledger.entries:
+        console.print("no DP-SGD rounds recorded: no privacy budget spent"
+                      + ("" if path.exists() else " (no ledger file yet)"))
+    else:
+        table = Table(title=f"{len(ledger.entries)} round(s)")
+        for col, justify in (("run", "left"), ("round", "right"), ("noise", "right"),
+                             ("sample rate", "right"), ("steps", "right"), ("time", "left")):
+            table.add_column(col, justify=justify, overflow="fold")
+        for e in ledger.entries:
+            table.add_row(Text(e.run_id), str(e.round), f"{e.noise_multiplier:.3f}",
+                          f"{e.sample_rate:.4g}", str(e.steps), Text(e.timestamp))
+        console.print(table)
+
+    summary = ledger.summary(delta)
+    spent = summary["epsilon"]
+    console.print(f"runs: {len(summary['runs'])}, rounds: {summary['entries']}, "
+                  f"steps: {summary['steps']}")
+    console.print(f"[bold]epsilon spent: {spent:.4f}[/bold] at delta {delta:g}{delta_note}")
+    if epsilon_budget is not None:
+        remaining = epsilon_budget - spent
+        if remaining < 0:
+            console.print(f"[red bold]budget exceeded[/red bold]: epsilon {spent:.4f} > "
+                          f"budget {epsilon_budget:g}")
+        else:
+            console.print(f"budget: epsilon {epsilon_budget:g}, remaining {remaining:.4f} "
+                          f"({remaining / epsilon_budget:.0%})")

@@ -87,7 +87,13 @@ def _model(rc: RoundConfig, cfg: RunConfig, state: dict[str, Any]):
 
 
 def train_round(
-    site: Site, state: dict[str, Any], rc: RoundConfig, cfg: RunConfig
+    site: Site,
+    state: dict[str, Any],
+    rc: RoundConfig,
+    cfg: RunConfig,
+    *,
+    privacy: Any = None,
+    run_id: str = "",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Validate the received global weights, then train local epochs from them.
 
@@ -111,12 +117,24 @@ def train_round(
     loader = make_loader(train, cfg.train.batch_size, shuffle=True,
                          seed=cfg.seed * 1000 + rc.server_round)
     optimizer = make_optimizer(model, cfg.train)
-    proximal = ProximalTerm.snapshot(model, rc.proximal_mu) if rc.proximal_mu > 0 else None
-    stats = train_epochs(
-        model, loader, optimizer, cfg.train, epochs=rc.local_epochs,
-        class_weight=rc.class_weight, progress=(rc.progress_start, rc.progress_end),
-        proximal=proximal, device=device,
-    )
+    progress = (rc.progress_start, rc.progress_end)
+    if privacy is not None:
+        from client.dp import train_private
+
+        stats, dp_metrics = train_private(
+            model, loader, optimizer, cfg, privacy, epochs=rc.local_epochs,
+            class_weight=rc.class_weight, progress=progress,
+            rounds_left=max(1, cfg.rounds - rc.server_round + 1), run_id=run_id,
+            server_round=rc.server_round, device=device,
+        )
+        metrics.update(dp_metrics)
+    else:
+        proximal = ProximalTerm.snapshot(model, rc.proximal_mu) if rc.proximal_mu > 0 else None
+        stats = train_epochs(
+            model, loader, optimizer, cfg.train, epochs=rc.local_epochs,
+            class_weight=rc.class_weight, progress=progress, proximal=proximal, device=device,
+        )
+    # The original module: Opacus' wrapper trains it in place but prefixes its keys.
     new_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return new_state, {"train-loss": stats.loss, NUM_EXAMPLES: site.train.n, **metrics}
 

@@ -8,12 +8,14 @@ dataclasses flattened with ``model.`` and ``train.`` prefixes.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
 
 STRATEGIES = ("fedavg", "fedprox")
+DP_MODES = ("none", "local")
 
 
 def offline_flower_env(flwr_home: Path | None = None) -> None:
@@ -97,6 +99,14 @@ class RunConfig:
     round_patience: int = 10
     seed: int = 0
     out: str = ""
+    # Differential privacy: "none" or "local" (DP-SGD at every site, see client.dp).
+    dp: str = "none"
+    epsilon: float = 8.0  # each site's budget; a site's own node config overrides it
+    delta: float = 0.0  # 0: each site uses 1 / (10 * its training patients)
+    max_grad_norm: float = 1.0  # per-sample clipping bound under DP-SGD
+    # A site declines a round that would need more noise than this to fit its budget.
+    max_noise_multiplier: float = 10.0
+    state_dir: str = ""  # simulation: site ledgers live in STATE_DIR/<site>
     model: ModelConfig = field(
         default_factory=lambda: ModelConfig(
             d_model=512, n_heads=8, n_layers=1, tokens_per_modality=2
@@ -125,6 +135,22 @@ class RunConfig:
             problems.append("sites must be >= 0 and min_sites >= 1")
         if self.proximal_mu < 0:
             problems.append(f"proximal_mu must be >= 0, got {self.proximal_mu}")
+        if self.dp not in DP_MODES:
+            problems.append(f"dp {self.dp!r} is not one of {DP_MODES}")
+        if self.dp == "local":
+            if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
+                problems.append(f"epsilon must be a positive number, got {self.epsilon}")
+            if not 0 <= self.delta < 1:
+                problems.append(f"delta must be in [0, 1) (0 = per-site default), got {self.delta}")
+            if not self.max_noise_multiplier > 0:
+                problems.append("max_noise_multiplier must be > 0, got "
+                                f"{self.max_noise_multiplier}")
+            if not self.max_grad_norm > 0:
+                problems.append(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+            if self.strategy == "fedprox":
+                # Opacus computes per-sample gradients of the data loss only; the proximal
+                # term's gradient would bypass clipping and noise.
+                problems.append("fedprox cannot be combined with local DP; use fedavg")
         if problems:
             raise ValueError("invalid run configuration: " + "; ".join(problems))
 

@@ -140,3 +140,23 @@ def site_record(name: str) -> ConfigRecord:
 def site_name(content: RecordDict, default: str = "?") -> str:
     rec = content.get(SITE)
     return str(rec["name"]) if rec is not None and "name" in rec else default
+
+
+REFUSED = "refused"
+
+
+def refusal(name: str, reason: str) -> RecordDict:
+    """A site's answer when it declines a round (e.g. its privacy budget would run out)."""
+    return RecordDict({
+        METRICS: MetricRecord({REFUSED: 1, NUM_EXAMPLES: 0}),
+        SITE: ConfigRecord({"name": name, "refusal": reason}),
+    })
+
+
+def refusal_reason(content: RecordDict) -> str | None:
+    """The reason a reply declines the round, or None for an ordinary reply."""
+    metrics = content.get(METRICS)
+    if metrics is None or not metrics.get(REFUSED):
+        return None
+    site = content.get(SITE)
+    return str(site["refusal"]) if site is not None and "refusal" in site else "refused"

@@ -34,6 +34,7 @@ from common.protocol import (
     VAL_EXAMPLES,
     RoundConfig,
     SiteDescription,
+    refusal_reason,
     site_name,
 )
 from common.schema import FeatureSchema, SchemaMismatchError
@@ -56,6 +57,7 @@ class FederationOutcome:
     best_round: int = 0
     best_state: dict[str, Any] | None = None
     setup_seconds: float = 0.0  # sites connecting and describing themselves, model init
+    stopped: str = ""  # why the federation ended before its last round, if it did
     seconds: float = 0.0  # the whole federation, setup included
 
 
@@ -181,11 +183,23 @@ def run_federation(
         # round instead of two.
         train_replies = list(grid.send_and_receive(
             strategy.configure_train(rnd, arrays, rc.to_record(), grid), timeout=timeout))
-        if pending is not None and tracker.finish(*pending, train_replies, schema.n_classes):
+        if pending is not None:
+            stop = tracker.finish(*pending, train_replies, schema.n_classes)
             pending = None
-            break
+            if stop:
+                break
         new_arrays, train_metrics = strategy.aggregate_train(rnd, train_replies)
         record: dict[str, Any] = {"round": rnd, "rejected": list(strategy.rejected)}
+        accepted = len(train_replies) - len(strategy.rejected)
+        if accepted < cfg.min_sites:
+            # Sites may decline (privacy budget spent) or fail; below the minimum the
+            # federation ends cleanly with the best round so far.
+            reasons = "; ".join(f"{r['site']}: {r['reason']}" for r in strategy.rejected)
+            outcome.stopped = (f"round {rnd}: {accepted} usable updates, fewer than the "
+                               f"{cfg.min_sites} required" + (f" ({reasons})" if reasons else ""))
+            logger.warning("stopping: %s", outcome.stopped)
+            outcome.rounds.append({**record, "failed": True})
+            break
         if new_arrays is None:
             logger.warning("round %d: no usable update (%d replies)", rnd, len(train_replies))
             outcome.rounds.append({**record, "failed": True})
@@ -210,7 +224,7 @@ def run_federation(
             timeout=timeout))
         tracker.finish(*pending, eval_replies, schema.n_classes)
     if outcome.best_state is None:
-        raise FederationError("no round produced a validated global model")
+        raise FederationError(outcome.stopped or "no round produced a validated global model")
     for rec in outcome.rounds:
         rec["best"] = rec["round"] == outcome.best_round
     outcome.seconds = time.perf_counter() - start
@@ -222,8 +236,13 @@ def _site_train_records(replies: list[Message]) -> list[dict]:
     for msg in replies:
         if not msg.has_error():
             m = msg.content[METRICS]
-            out.append({"site": site_name(msg.content), "n_train": int(m[NUM_EXAMPLES]),
-                        "train_loss": float(m["train-loss"])})
+            if refusal_reason(msg.content) is not None:
+                continue
+            rec = {"site": site_name(msg.content), "n_train": int(m[NUM_EXAMPLES]),
+                   "train_loss": float(m["train-loss"])}
+            if "epsilon" in m:  # local DP: the site's cumulative spend after this round
+                rec["epsilon"] = float(m["epsilon"])
+            out.append(rec)
     return sorted(out, key=lambda r: r["site"])
 
 

@@ -36,7 +36,7 @@ def write_federated_outputs(
         "strategy": cfg.strategy,
         "partition": cfg.partition,
         "sites": [s["site"] for s in outcome.sites],
-        "per_site_epsilon": None,  # set when sites train with differential privacy
+        "per_site_epsilon": per_site_epsilon(outcome.rounds) or None,
         "data_fingerprints": (federation_record or {}).get("fingerprints", {}),
         "metrics": {"val": best.get("val", {}),
                     "test": {k: test_metrics[k] for k in TOP_LEVEL_METRICS}
@@ -53,6 +53,8 @@ def write_federated_outputs(
         "run_id": run_id,
         "best_round": outcome.best_round,
         "rounds_run": len(outcome.rounds),
+        "stopped_early": outcome.stopped or None,
+        "per_site_epsilon": per_site_epsilon(outcome.rounds) or None,
         "federated_seconds": outcome.seconds,
         "setup_seconds": outcome.setup_seconds,
         "rounds_seconds": outcome.seconds - outcome.setup_seconds,
@@ -74,6 +76,16 @@ def write_federated_outputs(
                               run_dir / "confusion_matrix.png",
                               title=f"Global model, round {outcome.best_round}, test split")
     return payload
+
+
+def per_site_epsilon(rounds: list[dict]) -> dict[str, float]:
+    """Each site's cumulative epsilon as last reported (local DP runs; empty otherwise)."""
+    spent: dict[str, float] = {}
+    for record in rounds:
+        for site in record.get("sites", []):
+            if "epsilon" in site:
+                spent[site["site"]] = site["epsilon"]
+    return spent
 
 
 def _per_site_summary(outcome: Any) -> list[dict]:

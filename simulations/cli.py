@@ -83,6 +83,17 @@ def simulate(
         help="site partition: smaller sites are merged into 'other'.")] = _DEFAULT.min_site_size,
     seed: SeedOpt = _DEFAULT.seed,
     out: OutOpt = None,
+    dp: Annotated[str, typer.Option(
+        help="Differential privacy: none, or local (DP-SGD at every site).")] = _DEFAULT.dp,
+    epsilon: Annotated[float, typer.Option(
+        help="Local DP: each site's privacy budget epsilon.")] = _DEFAULT.epsilon,
+    delta: Annotated[float, typer.Option(
+        help="Local DP: delta; 0 = 1/(10 n) for a site with n patients.")] = _DEFAULT.delta,
+    max_grad_norm: Annotated[float, typer.Option(
+        help="Local DP: per-sample gradient clipping bound.")] = _DEFAULT.max_grad_norm,
+    state_dir: Annotated[str, typer.Option(
+        help="Local DP: sites' privacy ledgers go to STATE_DIR/<site> "
+        "(default runs/site-state).")] = "",
     compare: Annotated[bool, typer.Option(
         help="Also train the centralized model and the baselines on the same split.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -100,9 +111,12 @@ def simulate(
         cfg = RunConfig(data=data, test_data=test_data, manifest=manifest, partition=partition,
                         sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
                         proximal_mu=proximal_mu, min_site_size=min_site_size, seed=seed,
-                        out=str(out) if out else "")
+                        out=str(out) if out else "", dp=dp, epsilon=epsilon, delta=delta,
+                        max_grad_norm=max_grad_norm, state_dir=state_dir)
+        from server.federation import FederationError
+
         run_dir = run(cfg, compare=compare, verbose=verbose)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, FederationError) as exc:
         _fail(exc)
     _print_summary(run_dir)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from common.protocol import ARRAYS, NUM_EXAMPLES, site_name
+from common.protocol import ARRAYS, NUM_EXAMPLES, refusal_reason, site_name
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,9 @@ def update_problem(msg: Message, reference: ArrayRecord | None) -> str | None:
     if msg.has_error():
         return f"site error: {msg.error.reason}"
     content = msg.content
+    refused = refusal_reason(content)
+    if refused is not None:
+        return f"site declined the round: {refused}"
     if ARRAYS not in content.array_records:
         return "reply carries no model weights"
     metrics = next(iter(content.metric_records.values()), None)

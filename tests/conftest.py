@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 
 
+def _bundled(alias: str) -> Path:
+    from common.paths import resolve_data_dir
+
+    try:
+        return resolve_data_dir(alias)
+    except FileNotFoundError as e:
+        pytest.skip(f"bundled data not available: {e}")
+
+
 @pytest.fixture
 def bundled_dir() -> Callable[[str], Path]:
     """``bundled_dir("brca")``: a bundled dataset directory (read in place), or skip."""
-    from common.paths import resolve_data_dir
-
-    def get(alias: str) -> Path:
-        try:
-            return resolve_data_dir(alias)
-        except FileNotFoundError as e:
-            pytest.skip(f"bundled data not available: {e}")
-
-    return get
+    return _bundled
 
 
 @pytest.fixture
@@ -45,3 +46,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bundled_dir_module() -> Callable[[str], Path]:
+    """Module-scoped :func:`bundled_dir`, for module-scoped fixtures."""
+    return _bundled

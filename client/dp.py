@@ -1,0 +1,117 @@
+"""Local differential privacy for one site's round: budget, noise, Opacus DP-SGD, ledger.
+
+The site alone decides. Its budget comes from its node config (``epsilon``, ``delta``,
+``state-dir``, ``max-noise-multiplier``); in simulation, where the runner stands in for
+every site's configuration, from the run config. Before training, the site calibrates
+the smallest noise multiplier that keeps its planned remaining rounds within budget. It
+declines the round when even the largest does not fit, or when the fit needs more noise
+than ``max-noise-multiplier`` (the update would be noise only). Otherwise it trains with
+Opacus (per-sample clipping, Gaussian noise, Poisson sampling) and appends the steps it
+took to its persistent ledger, the account across rounds, runs and restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig
+from common.training import EpochStats
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATE_ROOT = Path("runs") / "site-state"
+
+
+class RoundRefused(Exception):
+    """The site declines a round (its privacy budget would be exceeded)."""
+
+
+@dataclass
+class SitePrivacy:
+    budget: Any  # client.privacy.PrivacyBudget
+    ledger: Any  # client.privacy.PrivacyLedger
+    max_grad_norm: float
+    max_noise_multiplier: float
+
+
+def site_privacy(
+    site_name: str, n_train: int, node_config: dict[str, Any], cfg: RunConfig
+) -> SitePrivacy | None:
+    """The site's budget and ledger when it trains with local DP, else None."""
+    if cfg.dp != "local":
+        return None
+    from client.privacy import PrivacyBudget, PrivacyLedger, ledger_path
+
+    epsilon = float(node_config.get("epsilon", cfg.epsilon))
+    delta = node_config.get("delta", cfg.delta) or None  # 0 = the site's default 1/(10 n)
+    state_dir = node_config.get("state-dir")
+    if state_dir is None:  # simulation: one state directory per virtual hospital
+        root = Path(cfg.state_dir) if cfg.state_dir else DEFAULT_STATE_ROOT
+        state_dir = root / site_name
+    budget = PrivacyBudget.for_site(epsilon, None if delta is None else float(delta), n_train)
+    ledger = PrivacyLedger.open(ledger_path(Path(state_dir)))
+    max_noise = float(node_config.get("max-noise-multiplier", cfg.max_noise_multiplier))
+    return SitePrivacy(budget, ledger, cfg.max_grad_norm, max_noise)
+
+
+def train_private(
+    model: Any,
+    loader: Any,
+    optimizer: Any,
+    cfg: RunConfig,
+    privacy: SitePrivacy,
+    *,
+    epochs: int,
+    class_weight: Any,
+    progress: tuple[float, float],
+    rounds_left: int,
+    run_id: str,
+    server_round: int,
+    device: Any,
+) -> tuple[EpochStats, dict[str, float]]:
+    """One round of DP-SGD; raises :class:`RoundRefused` when the budget does not allow it."""
+    from opacus import PrivacyEngine
+
+    from client.privacy import BudgetError, LedgerEntry, calibrate_noise, check_round
+    from common.training import train_epochs
+
+    # Exactly what Opacus' Poisson loader will do: rate 1/len(loader), len(loader) steps.
+    batches = max(1, len(loader))
+    sample_rate = 1.0 / batches
+    steps = epochs * batches
+    try:
+        sigma = calibrate_noise(privacy.ledger, privacy.budget, sample_rate, steps, rounds_left)
+    except BudgetError as exc:
+        raise RoundRefused(str(exc)) from exc
+    reason = check_round(privacy.ledger, privacy.budget, sigma, sample_rate, steps)
+    if reason is None and sigma > privacy.max_noise_multiplier:
+        spent = privacy.ledger.epsilon(privacy.budget.delta)
+        reason = (f"the remaining budget (epsilon {spent:.3f} of {privacy.budget.epsilon:g} "
+                  f"spent) would need noise multiplier {sigma:.1f} > "
+                  f"{privacy.max_noise_multiplier:g}: the update would carry no signal")
+    if reason is not None:
+        raise RoundRefused(reason)
+    # A fresh engine per round: its own accountant is not used, the ledger is the account.
+    engine = PrivacyEngine()
+    model.train()  # Opacus checks the mode; validation just left the model in eval mode
+    private_model, private_optimizer, private_loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
+        max_grad_norm=privacy.max_grad_norm, poisson_sampling=True,
+    )
+    # Opacus clips per sample; AMP's gradient scaler does not mix with its optimizer.
+    train_cfg = replace(cfg.train, grad_clip=0.0, amp=False)
+    stats = train_epochs(private_model, private_loader, private_optimizer, train_cfg,
+                         epochs=epochs, class_weight=class_weight, progress=progress,
+                         device=device)
+    privacy.ledger.record(LedgerEntry(
+        run_id=run_id, round=server_round, noise_multiplier=sigma, sample_rate=sample_rate,
+        steps=stats.steps, timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+    ))
+    spent = privacy.ledger.epsilon(privacy.budget.delta)
+    logger.info("round %d: DP-SGD sigma %.3f, q %.3f, %d steps; epsilon %.3f of %.3f",
+                server_round, sigma, sample_rate, stats.steps, spent, privacy.budget.epsilon)
+    return stats, {"epsilon": spent, "noise-multiplier": sigma, "delta": privacy.budget.delta}

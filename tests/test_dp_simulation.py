@@ -1,0 +1,72 @@
+"""Local DP end to end: sites train with DP-SGD, keep their ledgers across runs, refuse
+rounds that would exceed their budget, and the federation stops cleanly."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from common.config import ModelConfig, RunConfig
+
+pytestmark = pytest.mark.e2e
+
+
+def _ledgers(state_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text())
+            for p in sorted(state_dir.glob("*/privacy-ledger.json"))}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, bundled_dir_module) -> RunConfig:
+    root = tmp_path_factory.mktemp("dp")
+    return RunConfig(
+        data=str(bundled_dir_module("brca")), partition="site", sites=3, rounds=2,
+        local_epochs=1, seed=0, dp="local", state_dir=str(root / "state"),
+        out=str(root / "run"),
+        model=ModelConfig(d_model=32, n_heads=4, n_layers=1, tokens_per_modality=2),
+    )
+
+
+def test_budget_is_kept_across_runs_and_enforced(base: RunConfig, tmp_path: Path):
+    from server.federation import FederationError
+    from simulations.runner import simulate
+
+    state = Path(base.state_dir)
+    first = simulate(replace(base, epsilon=3.0, out=str(tmp_path / "r1")), compare=False,
+                     show_progress=False)
+    metrics = json.loads((first / "metrics.json").read_text())
+    spent = metrics["per_site_epsilon"]
+    assert len(spent) == 3
+    assert all(0 < eps <= 3.0 + 1e-6 for eps in spent.values()), spent
+    ledgers = _ledgers(state)
+    assert set(ledgers) == set(spent)
+    assert all(len(ledger["entries"]) == 2 for ledger in ledgers.values())
+
+    # A second run with a larger lifetime budget spends only what is left.
+    second = simulate(replace(base, epsilon=6.0, out=str(tmp_path / "r2")), compare=False,
+                      show_progress=False)
+    spent2 = json.loads((second / "metrics.json").read_text())["per_site_epsilon"]
+    for site, eps in spent2.items():
+        assert spent[site] < eps <= 6.0 + 1e-6
+    assert all(len(ledger["entries"]) == 4 for ledger in _ledgers(state).values())
+
+    # The budget is (nearly) spent: sites decline, too few remain, the run stops with the
+    # reason; a declining site's ledger is untouched, and no site ever exceeds its budget
+    # (a site that did train before the stop has spent that round: its update left it).
+    from client.privacy import PrivacyLedger
+
+    before = {p: p.read_bytes() for p in state.glob("*/privacy-ledger.json")}
+    with pytest.raises(FederationError, match="declined the round"):
+        simulate(replace(base, epsilon=6.0, out=str(tmp_path / "r3")), compare=False,
+                 show_progress=False)
+    after = {p: p.read_bytes() for p in state.glob("*/privacy-ledger.json")}
+    assert any(after[p] == before[p] for p in before)
+    n_train = {s["site"]: s["n_train"] for s in
+               json.loads((second / "metrics.json").read_text())["sites"]}
+    for path in after:
+        ledger = PrivacyLedger.open(path)
+        assert len(ledger.entries) >= 4
+        assert ledger.epsilon(1 / (10 * n_train[path.parent.name])) <= 6.0 + 1e-6
