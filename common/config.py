@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Self
 
 STRATEGIES = ("fedavg", "fedprox")
-DP_MODES = ("none", "local")
+DP_MODES = ("none", "local", "central")
 
 
 def offline_flower_env(flwr_home: Path | None = None) -> None:
@@ -99,11 +99,12 @@ class RunConfig:
     round_patience: int = 10
     seed: int = 0
     out: str = ""
-    # Differential privacy: "none" or "local" (DP-SGD at every site, see client.dp).
+    # Differential privacy: "none", "local" (DP-SGD at every site, see client.dp) or
+    # "central" (server clips site updates and noises their mean, strategies.central_dp).
     dp: str = "none"
-    epsilon: float = 8.0  # each site's budget; a site's own node config overrides it
-    delta: float = 0.0  # 0: each site uses 1 / (10 * its training patients)
-    max_grad_norm: float = 1.0  # per-sample clipping bound under DP-SGD
+    epsilon: float = 8.0  # local: each site's budget (its node config overrides); central: run's
+    delta: float = 0.0  # 0: local, 1 / (10 * site's patients); central, 1 / (10 * sites)
+    max_grad_norm: float = 1.0  # clipping: per-sample gradients (local), site updates (central)
     # A site declines a round that would need more noise than this to fit its budget.
     max_noise_multiplier: float = 10.0
     state_dir: str = ""  # simulation: site ledgers live in STATE_DIR/<site>
@@ -137,7 +138,9 @@ class RunConfig:
             problems.append(f"proximal_mu must be >= 0, got {self.proximal_mu}")
         if self.dp not in DP_MODES:
             problems.append(f"dp {self.dp!r} is not one of {DP_MODES}")
-        if self.dp == "local":
+        if self.dp == "central" and self.strategy != "fedavg":
+            problems.append("central DP aggregates with FedAvg; use --strategy fedavg")
+        if self.dp != "none":
             if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
                 problems.append(f"epsilon must be a positive number, got {self.epsilon}")
             if not 0 <= self.delta < 1:
@@ -147,7 +150,7 @@ class RunConfig:
                                 f"{self.max_noise_multiplier}")
             if not self.max_grad_norm > 0:
                 problems.append(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-            if self.strategy == "fedprox":
+            if self.dp == "local" and self.strategy == "fedprox":
                 # Opacus computes per-sample gradients of the data loss only; the proximal
                 # term's gradient would bypass clipping and noise.
                 problems.append("fedprox cannot be combined with local DP; use fedavg")

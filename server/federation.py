@@ -58,6 +58,7 @@ class FederationOutcome:
     best_state: dict[str, Any] | None = None
     setup_seconds: float = 0.0  # sites connecting and describing themselves, model init
     stopped: str = ""  # why the federation ended before its last round, if it did
+    central_dp: dict | None = None  # budget, delta, noise, clipping, epsilon spent
     seconds: float = 0.0  # the whole federation, setup included
 
 
@@ -165,8 +166,23 @@ def run_federation(
     seed_everything(cfg.seed)
     model = build_model(ModelSpec.for_schema(cfg.model, schema))
     arrays = ArrayRecord(model.state_dict())
-    strategy = build_strategy(cfg.strategy, fraction_train=cfg.fraction_train,
-                              min_sites=cfg.min_sites, proximal_mu=cfg.proximal_mu)
+    central = None
+    if cfg.dp == "central":
+        from strategies.central_dp import calibrate_central_noise
+
+        delta = cfg.delta or 1.0 / (10 * len(descriptions))
+        central = {"epsilon_budget": cfg.epsilon, "delta": delta,
+                   "noise_multiplier": calibrate_central_noise(cfg.epsilon, delta, cfg.rounds),
+                   "clipping_norm": cfg.max_grad_norm}
+        outcome.central_dp = central
+        logger.info("central DP: noise multiplier %.3f for epsilon %g over %d rounds",
+                    central["noise_multiplier"], cfg.epsilon, cfg.rounds)
+    strategy = build_strategy(
+        "central-dp" if central else cfg.strategy, fraction_train=cfg.fraction_train,
+        min_sites=cfg.min_sites, proximal_mu=cfg.proximal_mu, seed=cfg.seed,
+        noise_multiplier=central["noise_multiplier"] if central else 0.0,
+        clipping_norm=cfg.max_grad_norm,
+    )
     prepared_test = standardizer.transform(test.align_to(schema, "test split")) \
         if test is not None else None
     tracker = _RoundTracker(outcome, cfg.train.selection, cfg.round_patience, on_round,
@@ -208,6 +224,12 @@ def run_federation(
         arrays = new_arrays
         record["train"] = {"loss": float(train_metrics["train-loss"])} if train_metrics else {}
         record["sites"] = _site_train_records(train_replies)
+        if central is not None:
+            from strategies.central_dp import central_epsilon
+
+            central["epsilon_spent"] = central_epsilon(
+                central["noise_multiplier"], strategy.releases, central["delta"])
+            record["central_epsilon"] = central["epsilon_spent"]
         state = arrays.to_torch_state_dict()
         if prepared_test is not None:
             model.load_state_dict(state)

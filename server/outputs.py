@@ -37,6 +37,7 @@ def write_federated_outputs(
         "partition": cfg.partition,
         "sites": [s["site"] for s in outcome.sites],
         "per_site_epsilon": per_site_epsilon(outcome.rounds) or None,
+        "central_dp": outcome.central_dp,
         "data_fingerprints": (federation_record or {}).get("fingerprints", {}),
         "metrics": {"val": best.get("val", {}),
                     "test": {k: test_metrics[k] for k in TOP_LEVEL_METRICS}
@@ -55,6 +56,7 @@ def write_federated_outputs(
         "rounds_run": len(outcome.rounds),
         "stopped_early": outcome.stopped or None,
         "per_site_epsilon": per_site_epsilon(outcome.rounds) or None,
+        "central_dp": outcome.central_dp,
         "federated_seconds": outcome.seconds,
         "setup_seconds": outcome.setup_seconds,
         "rounds_seconds": outcome.seconds - outcome.setup_seconds,

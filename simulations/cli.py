@@ -84,7 +84,8 @@ def simulate(
     seed: SeedOpt = _DEFAULT.seed,
     out: OutOpt = None,
     dp: Annotated[str, typer.Option(
-        help="Differential privacy: none, or local (DP-SGD at every site).")] = _DEFAULT.dp,
+        help="Differential privacy: none; local (DP-SGD at every site); central (server "
+        "clips site updates and noises their mean).")] = _DEFAULT.dp,
     epsilon: Annotated[float, typer.Option(
         help="Local DP: each site's privacy budget epsilon.")] = _DEFAULT.epsilon,
     delta: Annotated[float, typer.Option(

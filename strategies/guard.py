@@ -58,9 +58,8 @@ class UpdateGuard:
         self._reference = arrays
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def vet(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """The acceptable replies, in site order; the others go to ``self.rejected``."""
         accepted, self.rejected = [], []
         for msg in replies:
             problem = update_problem(msg, getattr(self, "_reference", None))
@@ -74,4 +73,10 @@ class UpdateGuard:
                                   "reason": problem})
         # Replies arrive in completion order; a fixed order keeps float sums reproducible.
         accepted.sort(key=lambda m: (site_name(m.content), m.metadata.src_node_id))
+        return accepted
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        accepted = self.vet(server_round, replies)
         return super().aggregate_train(server_round, accepted)  # type: ignore[misc]

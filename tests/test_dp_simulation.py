@@ -70,3 +70,20 @@ def test_budget_is_kept_across_runs_and_enforced(base: RunConfig, tmp_path: Path
         ledger = PrivacyLedger.open(path)
         assert len(ledger.entries) >= 4
         assert ledger.epsilon(1 / (10 * n_train[path.parent.name])) <= 6.0 + 1e-6
+
+
+def test_central_dp_run_accounts_its_budget(base: RunConfig, tmp_path: Path):
+    from simulations.runner import simulate
+
+    run = simulate(replace(base, dp="central", epsilon=8.0, out=str(tmp_path / "central")),
+                   compare=False, show_progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    central = metrics["central_dp"]
+    assert central["noise_multiplier"] > 0
+    assert central["delta"] == pytest.approx(1 / (10 * len(metrics["sites"])))
+    spent = [r["central_epsilon"] for r in metrics["rounds"]]
+    assert spent == sorted(spent) and 0 < spent[-1] <= 8.0 + 1e-6
+    assert central["epsilon_spent"] == pytest.approx(spent[-1])
+    assert metrics["per_site_epsilon"] is None  # no site-side DP in this mode
+    lineage = json.loads((run / "model" / "bundle.json").read_text())["lineage"]
+    assert lineage["central_dp"]["epsilon_budget"] == 8.0

@@ -268,3 +268,76 @@ def test_macro_f1_by_hand():
     with_absent[:3, :3] = cm
     assert macro_f1(with_absent) == pytest.approx(np.mean(f1))
     assert macro_f1(np.zeros((2, 2))) == 0.0
+
+
+# --- central DP -------------------------------------------------------------------------
+
+def _central(noise: float, clip: float, seed: int = 0):
+    return build_strategy("central-dp", fraction_train=1.0, min_sites=2,
+                          noise_multiplier=noise, clipping_norm=clip, seed=seed)
+
+
+def _offset(reference: dict[str, np.ndarray], direction: dict[str, np.ndarray],
+            norm: float) -> dict[str, np.ndarray]:
+    length = np.sqrt(sum(float((d.astype(np.float64) ** 2).sum()) for d in direction.values()))
+    return {k: (reference[k] + norm * direction[k] / length).astype(np.float32)
+            for k in reference}
+
+
+def test_central_dp_clips_each_update_and_averages_equally():
+    from strategies.central_dp import CentralDPFedAvg
+
+    reference = weights(0.0)
+    strategy = _central(noise=1e-12, clip=1.0)
+    assert isinstance(strategy, CentralDPFedAvg)
+    strategy._reference = array_record(reference)  # what configure_train remembers
+    directions = [weights(1.0 + i) for i in range(3)]
+    norms = [0.5, 2.0, 4.0]  # only the first is within the clipping norm
+    replies = [reply(i + 1, _offset(reference, d, n), n=10 * (i + 1))
+               for i, (d, n) in enumerate(zip(directions, norms, strict=True))]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    scales = [1.0, 0.5, 0.25]  # clip / norm, capped at 1
+    expected = {
+        k: reference[k].astype(np.float64) + sum(
+            s * (_offset(reference, d, n)[k].astype(np.float64) - reference[k])
+            for s, d, n in zip(scales, directions, norms, strict=True)) / 3
+        for k in SHAPES
+    }  # equal weights, whatever num-examples says
+    assert_arrays_close(arrays, expected)
+
+
+def test_central_dp_noise_has_the_calibrated_scale():
+    big = {"w": (200, 500)}
+    reference = {"w": np.zeros(big["w"], dtype=np.float32)}
+    strategy = _central(noise=1.5, clip=2.0, seed=3)
+    strategy._reference = array_record(reference)
+    same = [reply(i + 1, reference, n=5) for i in range(4)]  # zero updates: pure noise
+    arrays, _ = strategy.aggregate_train(1, same)
+    noise = arrays["w"].numpy()
+    assert abs(noise.std() - 1.5 * 2.0 / 4) < 0.01 * (1.5 * 2.0 / 4)
+    assert abs(noise.mean()) < 0.01
+
+
+def test_central_dp_still_rejects_hostile_updates():
+    reference = weights(0.0)
+    strategy = _central(noise=1e-12, clip=10.0)
+    strategy._reference = array_record(reference)
+    bad = {k: np.full(SHAPES[k], np.nan, dtype=np.float32) for k in SHAPES}
+    good = weights(0.5)
+    arrays, _ = strategy.aggregate_train(1, [reply(1, good, n=3), reply(2, bad, n=3)])
+    assert len(strategy.rejected) == 1
+    assert "NaN" in strategy.rejected[0]["reason"]
+    assert all(np.isfinite(v.numpy()).all() for v in arrays.values())
+
+
+def test_central_epsilon_accounting_and_calibration():
+    from strategies.central_dp import calibrate_central_noise, central_epsilon
+
+    eps = [central_epsilon(z, rounds=10, delta=1e-3) for z in (0.8, 1.5, 3.0)]
+    assert eps[0] > eps[1] > eps[2] > 0
+    assert central_epsilon(1.5, rounds=20, delta=1e-3) > eps[1]  # more releases cost more
+    z = calibrate_central_noise(8.0, 1e-3, 10)
+    assert central_epsilon(z, 10, 1e-3) <= 8.0
+    assert central_epsilon(z * 0.97, 10, 1e-3) > 8.0  # near-minimal noise
+    with pytest.raises(ValueError, match="too small"):
+        calibrate_central_noise(1e-6, 1e-3, 10)
