@@ -62,7 +62,9 @@ class TrainConfig(_Section):
     """Optimisation hyper-parameters (recorded in every run's config.json)."""
 
     batch_size: int = 16
+    optimizer: str = "adamw"  # "adamw", or "sgd" (with momentum; steadier under DP noise)
     lr: float = 2e-3
+    momentum: float = 0.9  # sgd only
     min_lr_fraction: float = 0.05
     warmup_fraction: float = 0.05
     weight_decay: float = 0.05

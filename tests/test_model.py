@@ -487,3 +487,19 @@ def test_fit_restores_the_best_epochs_weights():
     assert restored == pytest.approx(best_loss, rel=1e-5)
     for k, v in model.state_dict().items():
         assert torch.equal(v, result.state_dict[k]), k
+
+
+def test_make_optimizer_choices():
+    from dataclasses import replace
+
+    from common.config import TrainConfig
+    from common.training import make_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    sgd = make_optimizer(model, replace(TrainConfig(), optimizer="sgd", momentum=0.8))
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.param_groups[0]["momentum"] == 0.8
+    assert sgd.param_groups[0]["weight_decay"] > 0 and sgd.param_groups[1]["weight_decay"] == 0
+    assert isinstance(make_optimizer(model, TrainConfig()), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="'adam'"):
+        make_optimizer(model, replace(TrainConfig(), optimizer="adam"))
