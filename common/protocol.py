@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from common.preprocessing import FeatureStats, Standardizer
 from common.schema import FeatureSchema
@@ -98,7 +98,7 @@ class SiteDescription:
             arrays[f"sumsq/{m}"] = self.stats.total_sq[m]
         counts = {f"count/{m}": int(c) for m, c in self.stats.count.items()}
         return RecordDict({
-            STATS: ArrayRecord({k: _array(v) for k, v in arrays.items()}),
+            STATS: ArrayRecord({k: to_array(v, np.float64) for k, v in arrays.items()}),
             METRICS: MetricRecord({
                 "n-train": self.n_train, "n-val": self.n_val,
                 "class-counts": [int(c) for c in self.class_counts], **counts,
@@ -127,10 +127,9 @@ class SiteDescription:
         )
 
 
-def _array(values: np.ndarray):
-    from flwr.app import Array
-
-    return Array(np.ascontiguousarray(values, dtype=np.float64))
+def to_array(values: np.ndarray, dtype: np.dtype | type | None = None) -> Array:
+    """A numpy array as a Flower ``Array`` (contiguous; ``dtype`` converts when given)."""
+    return Array(np.ascontiguousarray(values, dtype=dtype))
 
 
 def site_record(name: str) -> ConfigRecord:

@@ -140,7 +140,7 @@ def run_federation(
     timeout: float = 600.0,
 ) -> FederationOutcome:
     """Run the whole federation on ``grid``; ``test`` (simulation only) is for reporting."""
-    from common.metrics import classification_metrics
+    from common.metrics import METRIC_KEYS, classification_metrics
     from common.model import ModelSpec, build_model
     from common.training import class_weights, predict_proba, seed_everything
     from strategies import build_strategy
@@ -235,8 +235,7 @@ def run_federation(
             model.load_state_dict(state)
             proba = predict_proba(model, prepared_test)
             metrics = classification_metrics(prepared_test.labels, proba, schema.label_names)
-            record["test"] = {k: metrics[k] for k in ("accuracy", "balanced_accuracy",
-                                                      "f1_macro", "f1_weighted", "roc_auc_ovr")}
+            record["test"] = {k: metrics[k] for k in METRIC_KEYS}
         record["seconds"] = time.perf_counter() - t0
         pending = (record, state)
     if pending is not None:  # validate the last aggregate

@@ -8,12 +8,12 @@ from typing import Any
 
 from common.bundle import save_bundle, write_json
 from common.config import RunConfig
+from common.metrics import METRIC_KEYS
 
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoint"
-TOP_LEVEL_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr")
 
 
 def write_federated_outputs(
@@ -40,7 +40,7 @@ def write_federated_outputs(
         "central_dp": outcome.central_dp,
         "data_fingerprints": (federation_record or {}).get("fingerprints", {}),
         "metrics": {"val": best.get("val", {}),
-                    "test": {k: test_metrics[k] for k in TOP_LEVEL_METRICS}
+                    "test": {k: test_metrics[k] for k in METRIC_KEYS}
                     if test_metrics else {}},
     }
     save_bundle(run_dir / MODEL_DIR, model_config=cfg.model, schema=outcome.schema,
@@ -48,7 +48,7 @@ def write_federated_outputs(
                 lineage=lineage)
     payload: dict[str, Any] = {}
     if test_metrics:
-        payload.update({k: test_metrics[k] for k in TOP_LEVEL_METRICS})
+        payload.update({k: test_metrics[k] for k in METRIC_KEYS})
         payload["test"] = test_metrics
     payload.update({
         "run_id": run_id,

@@ -18,11 +18,11 @@ import numpy as np
 from common.config import RunConfig
 from common.data import MultiOmicsData
 from common.federation import SimulatedFederation
+from common.metrics import METRIC_KEYS
 from common.preprocessing import Standardizer
 
 logger = logging.getLogger(__name__)
 
-REPORTED = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc_ovr")
 
 
 def pooled_split(fed: SimulatedFederation) -> tuple[MultiOmicsData, MultiOmicsData]:
@@ -58,9 +58,9 @@ def train_central(
         save_bundle(run_dir, model_config=cfg.model, schema=train.schema,
                     standardizer=standardizer, state_dict=result.state_dict,
                     lineage={"strategy": "centralized", "epoch": result.best_epoch,
-                             "metrics": {"test": {k: metrics[k] for k in REPORTED}}})
+                             "metrics": {"test": {k: metrics[k] for k in METRIC_KEYS}}})
     return {
-        **{k: metrics[k] for k in REPORTED},
+        **{k: metrics[k] for k in METRIC_KEYS},
         "test": metrics,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
@@ -91,6 +91,6 @@ def compare_on_split(fed: SimulatedFederation, cfg: RunConfig, run_dir: Path) ->
     baselines = run_baselines_on_split(fed, cfg.seed)
     return {
         "centralized": {k: v for k, v in central.items() if k != "history"},
-        "baselines": {name: {k: m[k] for k in (*REPORTED, "fit_seconds") if k in m}
+        "baselines": {name: {k: m[k] for k in (*METRIC_KEYS, "fit_seconds") if k in m}
                       for name, m in baselines.items()},
     }

@@ -123,6 +123,8 @@ def simulate(
 
 
 def _print_summary(run_dir: Path) -> None:
+    from common.metrics import METRIC_KEYS
+
     metrics = json.loads((run_dir / "metrics.json").read_text())
     table = Table(title=f"Global test split: {run_dir}")
     table.add_column("model", no_wrap=True)
@@ -135,8 +137,7 @@ def _print_summary(run_dir: Path) -> None:
     rows.extend((name, m) for name, m in comparison.get("baselines", {}).items())
     for name, m in rows:
         table.add_row(name, *(f"{m.get(k, float('nan')):.3f}" for k in
-                              ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted",
-                               "roc_auc_ovr")))
+                              METRIC_KEYS))
     Console().print(table)
 
 
@@ -192,7 +193,8 @@ def baselines(
     """Logistic regression, random forest, SVM and gradient boosting on the same split."""
     _setup_logging(verbose)
     from common.federation import load_federation
-    from simulations.central import REPORTED, run_baselines_on_split
+    from common.metrics import METRIC_KEYS
+    from simulations.central import run_baselines_on_split
 
     try:
         cfg = RunConfig(data=data, test_data=test_data, manifest=manifest, partition=partition,
@@ -200,7 +202,7 @@ def baselines(
         results = run_baselines_on_split(load_federation(cfg), seed)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
-    print(json.dumps({name: {k: m[k] for k in REPORTED} for name, m in results.items()},
+    print(json.dumps({name: {k: m[k] for k in METRIC_KEYS} for name, m in results.items()},
                      indent=2))
 
 

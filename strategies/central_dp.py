@@ -19,7 +19,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
-from common.protocol import ARRAYS
+from common.protocol import ARRAYS, to_array
 from strategies.guard import UpdateGuard
 from strategies.metrics import pool_evaluation
 
@@ -91,13 +91,7 @@ class CentralDPFedAvg(UpdateGuard, FlowerFedAvg):
                     server_round, n, std)
         metrics = self.train_metrics_aggr_fn([m.content for m in accepted],
                                              self.weighted_by_key)
-        return ArrayRecord({k: _array(v) for k, v in new.items()}), metrics
-
-
-def _array(values: np.ndarray):
-    from flwr.app import Array
-
-    return Array(np.ascontiguousarray(values))
+        return ArrayRecord({k: to_array(v) for k, v in new.items()}), metrics
 
 
 def build(fraction_train: float, min_sites: int, noise_multiplier: float,

@@ -25,13 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.metrics import format_mean_std
-
-SCORES = ("accuracy", "f1_macro", "f1_weighted", "balanced_accuracy", "roc_auc_ovr")
+from common.metrics import METRIC_KEYS, format_mean_std
 
 
 def _scores(metrics: dict, positive: int | None) -> dict:
-    out = {k: float(metrics[k]) for k in SCORES}
+    out = {k: float(metrics[k]) for k in METRIC_KEYS}
     if positive is not None:  # binary task: F1 of the positive class, as MOGONET reports
         name = list(metrics["per_class"])[positive]
         out["f1_positive"] = float(metrics["per_class"][name]["f1"])
