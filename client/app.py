@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
+from client.secagg import secagg_when_requested
 from common.config import RunConfig
 from common.protocol import ARRAYS, CONFIG, METRICS, SITE, RoundConfig, refusal, site_record
 
 
-def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
+def build_client_app(
+    overrides: dict[str, Any] | None = None,
+    *,
+    mods: Sequence[Mod] = (),
+    train_mods: Sequence[Mod] = (),
+) -> ClientApp:
     """A ClientApp whose run config is Flower's, updated with ``overrides``.
 
     ``flwr run`` uses the module-level ``app`` (no overrides); ``cancer-alpha simulate``
-    passes its options as overrides. The handlers are the same either way.
+    passes its options as overrides. The handlers are the same either way. ``mods`` wrap
+    every handler and see what leaves the site; ``train_mods`` run inside secure
+    aggregation, next to the training handler, and see its reply before it is masked.
     """
     extra = dict(overrides or {})
-    app = ClientApp()
+    app = ClientApp(mods=list(mods))
 
     def setup(context: Context):
         import torch  # noqa: F401 - Flower converts weights only once torch is imported
@@ -35,25 +45,34 @@ def build_client_app(overrides: dict[str, Any] | None = None) -> ClientApp:
         _, site = setup(context)
         return Message(content=describe(site).to_record(), reply_to=msg)
 
-    @app.train()
+    @app.train(mods=[secagg_when_requested, *train_mods])
     def train(msg: Message, context: Context) -> Message:
+        from client import secagg
         from client.dp import RoundRefused, site_privacy
-        from client.site import train_round
+        from client.site import initial_state, train_round
 
         cfg, site = setup(context)
-        rc = RoundConfig.from_record(msg.content[CONFIG])
-        state = msg.content[ARRAYS].to_torch_state_dict()
+        secure = secagg.is_secure_round(msg.content)
+        if secure:  # SecAgg+: legacy fit format, the reply is masked by the mod
+            rc = RoundConfig.from_record(secagg.round_config_record(msg.content))
+            state = secagg.received_state(msg.content, initial_state(rc, cfg))
+        else:
+            rc = RoundConfig.from_record(msg.content[CONFIG])
+            state = msg.content[ARRAYS].to_torch_state_dict()
         privacy = site_privacy(site.name, site.train.n, dict(context.node_config), cfg)
         try:
             new_state, metrics = train_round(site, state, rc, cfg, privacy=privacy,
                                              run_id=str(msg.metadata.run_id))
         except RoundRefused as exc:
-            return Message(content=refusal(site.name, str(exc)), reply_to=msg)
-        content = RecordDict({
-            ARRAYS: ArrayRecord(new_state),
-            METRICS: MetricRecord(metrics),
-            SITE: site_record(site.name),
-        })
+            content = refusal(site.name, str(exc))
+            if secure:  # weight 0: the sum of the others is unchanged
+                secagg.with_masked_update(content, secagg.update_of(state, state), 0)
+            return Message(content=content, reply_to=msg)
+        content = RecordDict({METRICS: MetricRecord(metrics), SITE: site_record(site.name)})
+        if secure:
+            secagg.with_masked_update(content, secagg.update_of(new_state, state), site.train.n)
+        else:
+            content[ARRAYS] = ArrayRecord(new_state)
         return Message(content=content, reply_to=msg)
 
     @app.evaluate()

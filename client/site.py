@@ -77,13 +77,18 @@ def _prepared(data: MultiOmicsData, rc: RoundConfig) -> MultiOmicsData:
     return rc.standardizer.transform(data.align_to(rc.schema))
 
 
-def _model(rc: RoundConfig, cfg: RunConfig, state: dict[str, Any]):
-
+def _model(rc: RoundConfig, cfg: RunConfig, state: dict[str, Any] | None = None):
     from common.model import ModelSpec, build_model
 
     model = build_model(ModelSpec.for_schema(cfg.model, rc.schema))
-    model.load_state_dict(state)
+    if state is not None:
+        model.load_state_dict(state)
     return model
+
+
+def initial_state(rc: RoundConfig, cfg: RunConfig) -> dict[str, Any]:
+    """A freshly initialized consortium model's weights: names, shapes, dtypes, order."""
+    return _model(rc, cfg).state_dict()
 
 
 def train_round(

@@ -110,6 +110,11 @@ class RunConfig:
     # A site declines a round that would need more noise than this to fit its budget.
     max_noise_multiplier: float = 10.0
     state_dir: str = ""  # simulation: site ledgers live in STATE_DIR/<site>
+    # Secure aggregation (Flower SecAgg+): the coordinator sees only the sum of updates.
+    secagg: bool = False
+    # Fraction of a site's neighbours whose shares unmask it: higher is more private,
+    # lower tolerates more sites dropping out mid-round.
+    secagg_threshold: float = 0.5
     model: ModelConfig = field(
         default_factory=lambda: ModelConfig(
             d_model=512, n_heads=8, n_layers=1, tokens_per_modality=2
@@ -156,6 +161,13 @@ class RunConfig:
                 # Opacus computes per-sample gradients of the data loss only; the proximal
                 # term's gradient would bypass clipping and noise.
                 problems.append("fedprox cannot be combined with local DP; use fedavg")
+        if self.secagg:
+            if self.dp == "central":
+                problems.append("secure aggregation hides the individual updates that central "
+                                "DP must clip; combine --secagg with --dp local or none")
+            if not 0 < self.secagg_threshold <= 1:
+                problems.append("secagg_threshold must be in (0, 1], got "
+                                f"{self.secagg_threshold}")
         if problems:
             raise ValueError("invalid run configuration: " + "; ".join(problems))
 

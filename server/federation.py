@@ -160,6 +160,7 @@ def run_federation(
                                                          strict=True)}}
              for d in descriptions]
     outcome = FederationOutcome(schema, standardizer, weight, sites)
+    max_weight = max(d.n_train for d in descriptions)  # SecAgg+ fixed-point weight range
     logger.info("%d sites, %d training patients; classes %s", len(sites), int(counts.sum()),
                 dict(zip(schema.label_names, counts.tolist(), strict=True)))
 
@@ -197,20 +198,29 @@ def run_federation(
         # Each training reply also carries the validation metrics of the global model the
         # site received, i.e. of the previous round's aggregate: one message per site and
         # round instead of two.
-        train_replies = list(grid.send_and_receive(
-            strategy.configure_train(rnd, arrays, rc.to_record(), grid), timeout=timeout))
+        if cfg.secagg:
+            secure = _secure_round(grid, rnd, arrays, rc, cfg, max_weight, timeout)
+            train_replies, new_arrays = secure.replies, secure.arrays
+            train_metrics = None if secure.train_loss is None else {
+                "train-loss": secure.train_loss}
+            rejected, accepted = secure.rejected, secure.accepted
+        else:
+            train_replies = list(grid.send_and_receive(
+                strategy.configure_train(rnd, arrays, rc.to_record(), grid), timeout=timeout))
         if pending is not None:
             stop = tracker.finish(*pending, train_replies, schema.n_classes)
             pending = None
             if stop:
                 break
-        new_arrays, train_metrics = strategy.aggregate_train(rnd, train_replies)
-        record: dict[str, Any] = {"round": rnd, "rejected": list(strategy.rejected)}
-        accepted = len(train_replies) - len(strategy.rejected)
+        if not cfg.secagg:
+            new_arrays, train_metrics = strategy.aggregate_train(rnd, train_replies)
+            rejected = list(strategy.rejected)
+            accepted = len(train_replies) - len(rejected)
+        record: dict[str, Any] = {"round": rnd, "rejected": rejected}
         if accepted < cfg.min_sites:
             # Sites may decline (privacy budget spent) or fail; below the minimum the
             # federation ends cleanly with the best round so far.
-            reasons = "; ".join(f"{r['site']}: {r['reason']}" for r in strategy.rejected)
+            reasons = "; ".join(f"{r['site']}: {r['reason']}" for r in rejected)
             outcome.stopped = (f"round {rnd}: {accepted} usable updates, fewer than the "
                                f"{cfg.min_sites} required" + (f" ({reasons})" if reasons else ""))
             logger.warning("stopping: %s", outcome.stopped)
@@ -250,6 +260,20 @@ def run_federation(
         rec["best"] = rec["round"] == outcome.best_round
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _secure_round(grid: Grid, rnd: int, arrays: ArrayRecord, rc: RoundConfig, cfg: RunConfig,
+                  max_weight: int, timeout: float):
+    """A training round aggregated with SecAgg+ (see :mod:`server.secagg`)."""
+    from server.secagg import SecAggSettings, secure_train_round
+
+    config = rc.to_record()
+    # Flower's strategies add these keys themselves on the plain path.
+    config["server-round"] = rnd
+    if cfg.strategy == "fedprox":
+        config["proximal-mu"] = cfg.proximal_mu
+    return secure_train_round(grid, rnd, arrays, config, max_weight=max_weight,
+                              settings=SecAggSettings(cfg.secagg_threshold, timeout=timeout))
 
 
 def _site_train_records(replies: list[Message]) -> list[dict]:

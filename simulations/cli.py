@@ -95,6 +95,12 @@ def simulate(
     state_dir: Annotated[str, typer.Option(
         help="Local DP: sites' privacy ledgers go to STATE_DIR/<site> "
         "(default runs/site-state).")] = "",
+    secagg: Annotated[bool, typer.Option(
+        "--secagg", help="Secure aggregation (Flower SecAgg+): the coordinator sees only "
+        "the sum of the sites' updates. Needs 3 or more sites.")] = False,
+    secagg_threshold: Annotated[float, typer.Option(
+        help="SecAgg+: fraction of a site's neighbours needed to unmask it.")] = (
+        _DEFAULT.secagg_threshold),
     compare: Annotated[bool, typer.Option(
         help="Also train the centralized model and the baselines on the same split.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -113,7 +119,8 @@ def simulate(
                         sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
                         proximal_mu=proximal_mu, min_site_size=min_site_size, seed=seed,
                         out=str(out) if out else "", dp=dp, epsilon=epsilon, delta=delta,
-                        max_grad_norm=max_grad_norm, state_dir=state_dir)
+                        max_grad_norm=max_grad_norm, state_dir=state_dir, secagg=secagg,
+                        secagg_threshold=secagg_threshold)
         from server.federation import FederationError
 
         run_dir = run(cfg, compare=compare, verbose=verbose)
