@@ -115,7 +115,7 @@ def build_federation(
     elif TEST_SPLIT in man.splits:
         others = [s for s in man.splits if s != TEST_SPLIT]
         parts = [load_dataset(directory, split=s, manifest=manifest_path) for s in others]
-        pool = parts[0] if len(parts) == 1 else _concat(parts)
+        pool = parts[0] if len(parts) == 1 else concat_data(parts)
         test = load_dataset(directory, split=TEST_SPLIT, manifest=manifest_path,
                             schema=pool.schema)
         source = f"manifest split {TEST_SPLIT!r}"
@@ -145,7 +145,8 @@ def build_federation(
     return SimulatedFederation(pool, test, plan, source, fingerprints)
 
 
-def _concat(parts: list[MultiOmicsData]) -> MultiOmicsData:
+def concat_data(parts: list[MultiOmicsData]) -> MultiOmicsData:
+    """The patients of several data sets with the same schema, in order."""
     first = parts[0]
     labels = [p.labels for p in parts]
     return MultiOmicsData(

@@ -138,7 +138,7 @@ class MultiModalTransformer(nn.Module):
         parts = torch.split(x, self.sizes, dim=1)
         tok = torch.cat([enc(p) for enc, p in zip(self.tokenizers, parts, strict=True)], dim=1)
         # Index with a batch dimension: Opacus reads dim 0 of every input as the sample.
-        tok = tok + self.token_embedding(self.token_ids.expand(x.shape[0], -1))
+        tok = tok + self.token_embedding(self.token_ids.repeat(x.shape[0], 1))
         token_present = present[:, self.token_modality]  # [B, T]
         key_bias = torch.zeros(token_present.shape, dtype=tok.dtype, device=tok.device)
         key_bias = key_bias.masked_fill(~token_present, -1e4)
@@ -154,7 +154,7 @@ class MultiModalTransformer(nn.Module):
 
     def modality_weights(self, present: torch.Tensor) -> torch.Tensor:
         """Fusion weights ``[B, M]``: softmax of learned logits over present modalities."""
-        ids = self.modality_ids.expand(present.shape[0], -1)  # batch-first, as for Opacus
+        ids = self.modality_ids.repeat(present.shape[0], 1)  # batch-first, as for Opacus
         logits = self.modality_logit(ids).squeeze(-1)
         logits = logits.masked_fill(~present, -1e4)
         return torch.softmax(logits, dim=-1) * present
@@ -170,10 +170,9 @@ def _drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
     """Hide each present modality with probability ``p``, keeping at least one per patient."""
     keep = torch.rand(present.shape, device=present.device) >= p
     dropped = present & keep
-    empty = ~dropped.any(dim=1)
-    if empty.any():
-        dropped[empty] = present[empty]
-    return dropped
+    empty = ~dropped.any(dim=1, keepdim=True)
+    # No data-dependent branch: per-sample gradients vmap over this function.
+    return torch.where(empty, present, dropped)
 
 
 def build_model(spec: ModelSpec) -> MultiModalTransformer:

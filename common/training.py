@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ def make_loader(
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         TensorDataset(*tensors(data)),
-        batch_size=batch_size,
+        batch_size=batch_size or max(1, data.n),  # 0: full batch
         shuffle=shuffle,
         generator=generator,
         drop_last=False,
@@ -115,8 +116,24 @@ def weighted_loss(
     which normalises by the batch's total weight) keeps samples independent, as
     per-sample gradient clipping under DP-SGD requires.
     """
-    per_sample = nn.functional.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
-    return (weights[y] * per_sample).mean()
+    return WeightedCrossEntropy(weights, smoothing)(logits, y)
+
+
+class WeightedCrossEntropy(nn.Module):
+    """:func:`weighted_loss` as a criterion with a ``reduction`` attribute ("mean",
+    "sum" or "none"), the interface Opacus' ghost clipping drives."""
+
+    def __init__(self, weights: torch.Tensor, smoothing: float = 0.0,
+                 reduction: str = "mean") -> None:
+        super().__init__()
+        self.weights, self.smoothing, self.reduction = weights, smoothing, reduction
+
+    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        per_sample = self.weights[y] * nn.functional.cross_entropy(
+            logits, y, reduction="none", label_smoothing=self.smoothing)
+        if self.reduction == "none":
+            return per_sample
+        return per_sample.sum() if self.reduction == "sum" else per_sample.mean()
 
 
 @dataclass
@@ -157,6 +174,7 @@ def train_epochs(
     proximal: ProximalTerm | None = None,
     device: torch.device | None = None,
     on_step: Callable[[int], None] | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
 ) -> EpochStats:
     """Train ``model`` for ``epochs`` passes over ``loader``.
 
@@ -181,7 +199,9 @@ def train_epochs(
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                loss = weighted_loss(model(x, mask), y, weights, cfg.label_smoothing)
+                logits = model(x, mask)
+                loss = (criterion(logits, y) if criterion is not None
+                        else weighted_loss(logits, y, weights, cfg.label_smoothing))
                 if proximal is not None and proximal.mu > 0:
                     loss = loss + proximal(model)
             scaler.scale(loss).backward()

@@ -74,8 +74,11 @@ def simulate(
     manifest: ManifestOpt = "",
     partition: PartitionOpt = _DEFAULT.partition,
     sites: SitesOpt = 0,
-    rounds: RoundsOpt = _DEFAULT.rounds,
-    local_epochs: EpochsOpt = _DEFAULT.local_epochs,
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", help="Federated rounds [default: 20 with --dp local, else 10].")] = None,
+    local_epochs: Annotated[int | None, typer.Option(
+        "--local-epochs", help="Local epochs per round [default: 1 with --dp local, else 4]."
+    )] = None,
     strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = _DEFAULT.strategy,
     proximal_mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = (
         _DEFAULT.proximal_mu),
@@ -85,7 +88,8 @@ def simulate(
     out: OutOpt = None,
     dp: Annotated[str, typer.Option(
         help="Differential privacy: none; local (DP-SGD at every site); central (server "
-        "clips site updates and noises their mean).")] = _DEFAULT.dp,
+        "clips site updates and noises their mean). Local DP trains the small model "
+        "of common.config.LOCAL_DP_PRESET.")] = "local",
     epsilon: Annotated[float, typer.Option(
         help="Local DP: each site's privacy budget epsilon.")] = _DEFAULT.epsilon,
     delta: Annotated[float, typer.Option(
@@ -115,12 +119,14 @@ def simulate(
     from simulations.runner import simulate as run
 
     try:
-        cfg = RunConfig(data=data, test_data=test_data, manifest=manifest, partition=partition,
-                        sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
-                        proximal_mu=proximal_mu, min_site_size=min_site_size, seed=seed,
-                        out=str(out) if out else "", dp=dp, epsilon=epsilon, delta=delta,
-                        max_grad_norm=max_grad_norm, state_dir=state_dir, secagg=secagg,
-                        secagg_threshold=secagg_threshold)
+        given = {k: v for k, v in {"rounds": rounds, "local_epochs": local_epochs}.items()
+                 if v is not None}
+        cfg = RunConfig.for_privacy(
+            dp, data=data, test_data=test_data, manifest=manifest, partition=partition,
+            sites=sites, strategy=strategy, proximal_mu=proximal_mu,
+            min_site_size=min_site_size, seed=seed, out=str(out) if out else "",
+            epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, state_dir=state_dir,
+            secagg=secagg, secagg_threshold=secagg_threshold, **given)
         from server.federation import FederationError
 
         run_dir = run(cfg, compare=compare, verbose=verbose)
@@ -146,6 +152,14 @@ def _print_summary(run_dir: Path) -> None:
         table.add_row(name, *(f"{m.get(k, float('nan')):.3f}" for k in
                               METRIC_KEYS))
     Console().print(table)
+    spent = metrics.get("per_site_epsilon")
+    if spent:
+        budget = json.loads((run_dir / "config.json").read_text())["run_config"]["epsilon"]
+        Console().print(f"local DP: {len(spent)} sites spent epsilon "
+                        f"{min(spent.values()):.3f} to {max(spent.values()):.3f} "
+                        f"(budget {budget:g} each unless a site set its own)")
+    if metrics.get("stopped_early"):
+        Console().print(f"[yellow]stopped early:[/] {metrics['stopped_early']}")
 
 
 @app.command("train-central")
@@ -244,6 +258,54 @@ def evaluate(
         _fail(exc)
     metrics["modalities_present"] = loaded.present_modalities()
     print(json.dumps(metrics, indent=2))
+
+
+audit_app = typer.Typer(help="Audits: membership inference against a trained model.",
+                        no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("privacy")
+def audit_privacy(
+    model: Annotated[list[Path], typer.Option(
+        "--model", help="Run directory to audit (repeat the option to compare runs).")],
+    data: Annotated[str, typer.Option(
+        "--data", help="Dataset directory, if it moved since the run.")] = "",
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the results to this JSON file.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Membership-inference attack: training patients (members) versus test patients.
+
+    Prints attack AUC (0.5 = chance) and the true-positive rate at 1 % false-positive
+    rate for a loss attack and a per-class calibrated likelihood-ratio attack.
+    """
+    _setup_logging(verbose)
+    from common.bundle import BundleError
+    from simulations.audit import membership_inference
+
+    try:
+        results = [membership_inference(run_dir, data) for run_dir in model]
+    except (ValueError, FileNotFoundError, BundleError) as exc:
+        _fail(exc)
+    table = Table(title="Membership inference (members: training patients; "
+                  "non-members: test patients)")
+    for col in ("model", "DP", "max site epsilon", "members / non", "loss AUC",
+                "loss TPR@1%FPR", "LR AUC", "LR TPR@1%FPR"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in results:
+        eps = r["per_site_epsilon"]
+        table.add_row(Path(r["model"]).name, r["dp"], f"{max(eps.values()):.2f}" if eps else "inf",
+                      f"{r['members']} / {r['nonmembers']}",
+                      f"{r['loss_attack']['auc']:.3f}",
+                      f"{r['loss_attack']['tpr_at_1pct_fpr']:.3f}",
+                      f"{r['likelihood_ratio_attack']['auc']:.3f}",
+                      f"{r['likelihood_ratio_attack']['tpr_at_1pct_fpr']:.3f}")
+    Console().print(table)
+    if json_out is not None:
+        from common.bundle import write_json
+
+        write_json(json_out, results)
 
 
 def main() -> None:

@@ -87,3 +87,25 @@ def test_central_dp_run_accounts_its_budget(base: RunConfig, tmp_path: Path):
     assert metrics["per_site_epsilon"] is None  # no site-side DP in this mode
     lineage = json.loads((run / "model" / "bundle.json").read_text())["lineage"]
     assert lineage["central_dp"]["epsilon_budget"] == 8.0
+
+
+def test_simulate_command_defaults_to_local_dp(base: RunConfig, tmp_path: Path):
+    """`cancer-alpha simulate` with no privacy options: local DP, epsilon 8 per site, and
+    the local-DP model and schedule (rounds shortened here)."""
+    from typer.testing import CliRunner
+
+    from common.config import LOCAL_DP_PRESET
+    from simulations.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "simulate", "--data", base.data, "--sites", "3", "--rounds", "2", "--no-compare",
+        "--out", str(out), "--state-dir", str(tmp_path / "state")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "config.json").read_text())["run_config"]
+    assert saved["dp"] == "local" and saved["epsilon"] == 8.0
+    assert saved["model"] == LOCAL_DP_PRESET["model"].to_dict()
+    assert saved["local_epochs"] == LOCAL_DP_PRESET["local_epochs"] and saved["rounds"] == 2
+    spent = json.loads((out / "metrics.json").read_text())["per_site_epsilon"]
+    assert len(spent) == 3 and all(0 < e <= 8.0 + 1e-6 for e in spent.values())
+    assert "local DP: 3 sites spent epsilon" in result.output

@@ -141,3 +141,31 @@ def test_evaluate_rejects_wrong_feature_names(run_dir, brca_dirs, tmp_path):
                                       "--data", str(tmp_path)])
     assert result.exit_code != 0
     assert "NOT_A_GENE" in result.output and "mrna" in result.output
+
+
+def test_privacy_audit_command(run_dir, brca_dirs, tmp_path):
+    """Members are every site's training patients; non-members the test patients (here
+    a separate directory that lacks a modality)."""
+    from simulations.cli import app
+
+    _, test_dir, _ = brca_dirs
+    out = tmp_path / "audit.json"
+    result = CliRunner().invoke(app, ["audit", "privacy", "--model", str(run_dir),
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    (audit,) = json.loads(out.read_text())
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert audit["members"] == sum(s["n_train"] for s in saved["sites"])
+    assert audit["nonmembers"] == load_dataset(test_dir).n
+    for attack in ("loss_attack", "likelihood_ratio_attack"):
+        assert 0.0 <= audit[attack]["auc"] <= 1.0
+        assert 0.0 <= audit[attack]["tpr_at_1pct_fpr"] <= 1.0
+    assert "loss AUC" in result.output
+
+
+def test_privacy_audit_refuses_a_directory_that_is_not_a_run(tmp_path):
+    from simulations.cli import app
+
+    result = CliRunner().invoke(app, ["audit", "privacy", "--model", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "config.json" in result.output

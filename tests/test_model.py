@@ -503,3 +503,42 @@ def test_make_optimizer_choices():
     assert isinstance(make_optimizer(model, TrainConfig()), torch.optim.AdamW)
     with pytest.raises(ValueError, match="'adam'"):
         make_optimizer(model, replace(TrainConfig(), optimizer="adam"))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_ghost_clipping_step_equals_explicit_per_sample_clipping():
+    """Ghost clipping (local DP on large models): the update of clipping by hand."""
+    from opacus import PrivacyEngine
+
+    from common.training import WeightedCrossEntropy
+    x, mask = random_batch(n=16, seed=3)
+    mask[::4, 0] = 0
+    y = torch.arange(16) % 3
+    weights, clip, lr = torch.tensor([1.0, 2.0, 0.5]), 0.05, 0.1
+    reference = small_model(seed=1, dropout=0.0)
+    reference.train()
+    torch.manual_seed(7)
+    per_sample = []
+    for i in range(len(y)):  # no dropout: the forward is deterministic
+        reference.zero_grad()
+        weighted_loss(reference(x[i:i + 1], mask[i:i + 1]), y[i:i + 1], weights).backward()
+        g = [p.grad.detach().clone() for p in reference.parameters()]
+        norm = torch.sqrt(sum((t ** 2).sum() for t in g))
+        per_sample.append([t * min(1.0, clip / (float(norm) + 1e-6)) for t in g])
+    expected = [p.detach() - lr * sum(s[k] for s in per_sample) / len(y)
+                for k, p in enumerate(reference.parameters())]
+
+    model = small_model(seed=1, dropout=0.0)
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        private, optimizer, criterion, _ = PrivacyEngine().make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
+            data_loader=DataLoader(TensorDataset(x, mask, y), batch_size=len(y)),
+            noise_multiplier=0.0, max_grad_norm=clip, poisson_sampling=False,
+            criterion=WeightedCrossEntropy(weights), grad_sample_mode="ghost")
+    optimizer.zero_grad()
+    criterion(private(x, mask), y).backward()
+    optimizer.step()
+    for p, e in zip(model.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.detach(), e, rtol=1e-4, atol=1e-6)
