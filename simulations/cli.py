@@ -19,12 +19,13 @@ from rich.table import Table
 
 from client.cli import app as site_app
 from common.config import RunConfig
+from server.serving.cli import audit_verify, auth_app, registry_app, serve
 
 app = typer.Typer(
     name="cancer-alpha",
     help="Federated multi-omics cancer classification: simulate a consortium of hospitals, "
-    "train centrally or with classical baselines on the same split, evaluate a model, "
-    "and check a site's data.",
+    "train centrally or with classical baselines on the same split, evaluate and audit a "
+    "model, check a site's data, and serve the global model.",
     no_args_is_help=True,
     add_completion=False,
     # Never print local variables in tracebacks: they may hold patient data.
@@ -260,9 +261,14 @@ def evaluate(
     print(json.dumps(metrics, indent=2))
 
 
-audit_app = typer.Typer(help="Audits: membership inference against a trained model.",
-                        no_args_is_help=True)
+audit_app = typer.Typer(help="Audits: membership inference against a trained model; the "
+                        "inference service's audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+app.add_typer(registry_app, name="registry",
+              help="The model registry: register, list, show and promote models.")
+app.add_typer(auth_app, name="auth", help="Access tokens for the inference service.")
+app.command("serve")(serve)
+audit_app.command("verify")(audit_verify)
 
 
 @audit_app.command("privacy")

@@ -1,0 +1,1 @@
+"""Central inference service: model registry, authenticated REST API, audit log, metrics."""
