@@ -144,10 +144,13 @@ def _print_summary(run_dir: Path) -> None:
     table.add_column("model", no_wrap=True)
     for col in ("accuracy", "bal. acc.", "F1 macro", "F1 weighted", "AUC (OvR)"):
         table.add_column(col, justify="right")
+    private = bool(metrics.get("per_site_epsilon") or metrics.get("central_dp"))
     rows = [(f"federated, round {metrics.get('best_round', 0)}", metrics)]
     comparison = metrics.get("comparison", {})
     if "centralized" in comparison:
-        rows.append(("centralized", comparison["centralized"]))
+        # The references see pooled data without DP: what privacy costs, not options.
+        rows.append(("centralized, no DP" if private else "centralized",
+                     comparison["centralized"]))
     rows.extend((name, m) for name, m in comparison.get("baselines", {}).items())
     for name, m in rows:
         table.add_row(name, *(f"{m.get(k, float('nan')):.3f}" for k in
