@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
 
-STRATEGIES = ("fedavg", "fedprox")
+STRATEGIES = ("fedavg", "fedavgm", "fedprox")
 DP_MODES = ("none", "local", "central")
 
 
@@ -111,6 +111,7 @@ class RunConfig:
     local_epochs: int = 4
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
+    server_momentum: float = 0.9  # fedavgm: momentum of the server's SGD on averaged updates
     fraction_train: float = 1.0
     min_sites: int = 2
     round_patience: int = 10
@@ -186,6 +187,9 @@ class RunConfig:
                 # term's gradient would bypass clipping and noise.
                 problems.append("fedprox cannot be combined with local DP; use fedavg")
         if self.secagg:
+            if self.strategy == "fedavgm":
+                problems.append("secure aggregation computes the plain weighted mean; use "
+                                "--strategy fedavg or fedprox with --secagg")
             if self.dp == "central":
                 problems.append("secure aggregation hides the individual updates that central "
                                 "DP must clip; combine --secagg with --dp local or none")

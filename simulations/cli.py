@@ -80,7 +80,8 @@ def simulate(
     local_epochs: Annotated[int | None, typer.Option(
         "--local-epochs", help="Local epochs per round [default: 1 with --dp local, else 4]."
     )] = None,
-    strategy: Annotated[str, typer.Option(help="fedavg or fedprox.")] = _DEFAULT.strategy,
+    strategy: Annotated[str, typer.Option(
+        help="fedavg, fedavgm (server momentum) or fedprox.")] = _DEFAULT.strategy,
     proximal_mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = (
         _DEFAULT.proximal_mu),
     min_site_size: Annotated[int, typer.Option(

@@ -107,6 +107,23 @@ def test_aggregation_is_the_num_examples_weighted_mean(name):
     assert strategy.rejected == []
 
 
+def test_fedavgm_applies_server_momentum_to_the_averaged_update():
+    strategy = build_strategy("fedavgm", fraction_train=1.0, min_sites=2, server_momentum=0.5)
+    configured(strategy, nodes=(1, 2))  # the global weights: weights(0.0)
+    start = {k: v.astype(np.float64) for k, v in weights(0.0).items()}
+    parts = [(weights(1.0), 10), (weights(2.0), 30)]
+    first, _ = strategy.aggregate_train(1, [reply(k + 1, a, n) for k, (a, n) in enumerate(parts)])
+    mean = weighted_average(parts)
+    assert_arrays_close(first, mean)  # no momentum yet: plain FedAvg
+    # Round 2: the sites send the same weights again; the step now carries momentum.
+    second, _ = strategy.aggregate_train(2, [reply(k + 1, a, n)
+                                             for k, (a, n) in enumerate(parts)])
+    gradient_1 = {k: start[k] - mean[k] for k in SHAPES}
+    gradient_2 = {k: mean[k] - mean[k] for k in SHAPES}  # zero: already at the mean
+    expected = {k: mean[k] - (0.5 * gradient_1[k] + gradient_2[k]) for k in SHAPES}
+    assert_arrays_close(second, expected)
+
+
 def test_unknown_strategy_is_rejected_naming_it():
     with pytest.raises(ValueError, match="'fedsgd'"):
         build_strategy("fedsgd", fraction_train=1.0, min_sites=2)
