@@ -2,7 +2,12 @@
 
 ``site check --data DIR`` validates a dataset directory (see :mod:`common.dataset` for
 the format) and, with ``--model RUN_DIR``, checks it against a trained model's schema.
-It never sends anything anywhere.
+``site check --config site.toml`` also validates the site's configuration, keys and CA
+(``--probe`` verifies the coordinator's TLS certificate with a handshake). It never
+sends any data anywhere.
+
+``site start --config site.toml`` joins the consortium: checks as above, then runs the
+site's Flower SuperNode (see :mod:`client.launcher`) until stopped.
 
 ``site budget --state-dir DIR`` shows the site's privacy ledger (``DIR/privacy-ledger.json``,
 see :mod:`client.privacy`): every DP-SGD round it has trained and the cumulative epsilon.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -19,10 +25,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+if TYPE_CHECKING:
+    from common.site_config import SiteConfig
+
 app = typer.Typer(
     name="site",
-    help="Commands for a participating site (hospital): check local data before joining, "
-    "show the privacy budget spent.",
+    help="Commands for a participating site (hospital): check local data and configuration "
+    "before joining, join the consortium, show the privacy budget spent.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -35,8 +44,16 @@ def _site() -> None:
 
 @app.command()
 def check(
-    data: str = typer.Option(
-        ..., "--data", metavar="DIR", help="Dataset directory, or a bundled alias: brca, rosmap."
+    data: str | None = typer.Option(
+        None, "--data", metavar="DIR",
+        help="Dataset directory, or a bundled alias: brca, rosmap (default: the config's).",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", metavar="SITE_TOML",
+        help="site.toml: also check the site's settings, key, CA and data directory.",
+    ),
+    probe: bool = typer.Option(
+        False, "--probe", help="With --config: verify the coordinator's TLS certificate."
     ),
     split: str | None = typer.Option(
         None, "--split", metavar="S", help="Check one split only (datasets with splits)."
@@ -60,6 +77,16 @@ def check(
     from common.paths import resolve_data_dir
     from common.schema import FeatureSchema
 
+    if data is None and config is None:
+        raise typer.BadParameter("give --data DIR or --config site.toml", param_hint="--data")
+    config_ok = True
+    if config is not None:  # report key and CA problems, then the data's, then fail
+        site_cfg = _site_config(config)
+        config_ok = _preflight_ok(site_cfg, probe=probe)
+        if data is None:
+            data = str(site_cfg.data_dir)
+            manifest = manifest or site_cfg.manifest
+    assert data is not None
     try:
         directory = resolve_data_dir(data)
     except FileNotFoundError as e:
@@ -120,8 +147,9 @@ def check(
             )
         console.print(table)
     n_err, n_warn = len(report.errors), len(report.warnings)
-    if n_err:
-        console.print(f"[red bold]FAILED[/red bold]: {n_err} error(s), {n_warn} warning(s)")
+    if n_err or not config_ok:
+        console.print(f"[red bold]FAILED[/red bold]: {n_err} data error(s), {n_warn} warning(s)"
+                      + ("" if config_ok else "; site configuration errors above"))
         raise typer.Exit(1)
     console.print(f"[green bold]OK[/green bold]: {n_warn} warning(s)")
 
@@ -200,3 +228,65 @@ def budget(
         else:
             console.print(f"budget: epsilon {epsilon_budget:g}, remaining {remaining:.4f} "
                           f"({remaining / epsilon_budget:.0%})")
+
+
+def _site_config(path: Path) -> SiteConfig:
+    from common.site_config import SiteConfigError, load_site_config
+
+    try:
+        return load_site_config(path)
+    except SiteConfigError as e:
+        Console(stderr=True).print(Text(f"error: {e}", style="red"))
+        raise typer.Exit(2) from None
+
+
+def _preflight_ok(cfg: SiteConfig, *, probe: bool, check_data: bool = False,
+                  unreachable_ok: bool = False) -> bool:
+    """Print the site's key, CA (and coordinator) checks; False when any failed."""
+    from client.launcher import preflight
+
+    console = Console()
+    result = preflight(cfg, check_data=check_data, probe_coordinator=probe,
+                       unreachable_ok=unreachable_ok)
+    console.print(f"[bold]Site[/bold] {escape(cfg.site_id)} -> coordinator "
+                  f"{escape(cfg.coordinator)}  [dim]config: {escape(str(cfg.source))}[/dim]")
+    for line in result.info:
+        console.print(Text(f"  ok: {line}"))
+    for line in result.warnings:
+        console.print(Text(f"  warning: {line}", style="yellow"))
+    for line in result.errors:
+        console.print(Text(f"  error: {line}", style="red"))
+    return result.ok
+
+
+@app.command()
+def start(
+    config: Path = typer.Option(..., "--config", metavar="SITE_TOML", help="The site's site.toml."),
+    log_file: Path | None = typer.Option(
+        None, "--log-file", metavar="FILE",
+        help="Append the SuperNode's output here (default: STATE_DIR/supernode.log)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q",
+                               help="Only write the SuperNode's output to the log file."),
+    skip_checks: bool = typer.Option(
+        False, "--skip-checks", help="Do not validate the data before joining (faster)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Log the launch command."),
+) -> None:
+    """Join the consortium: run this site's Flower SuperNode until stopped (Ctrl-C).
+
+    Exit codes: 2 bad configuration, 1 failed checks, otherwise the SuperNode's
+    (Flower exit codes: https://flower.ai/docs/framework/ref-exit-codes/).
+    """
+    import logging
+
+    from client.launcher import run_site
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(message)s")
+    cfg = _site_config(config)
+    # An expired or foreign coordinator certificate is reported here, in plain words,
+    # instead of as a TLS failure inside Flower's log.
+    if not _preflight_ok(cfg, probe=True, check_data=not skip_checks, unreachable_ok=True):
+        raise typer.Exit(1)
+    Console().print(f"joining {escape(cfg.coordinator)} as {escape(cfg.site_id)} "
+                    f"(data {escape(str(cfg.data_dir))}, device {escape(cfg.device)})")
+    raise typer.Exit(run_site(cfg, log_file=log_file, echo=not quiet))

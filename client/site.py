@@ -5,14 +5,22 @@ Where a site finds its data comes from its node config only:
 * ``data-dir`` (deployment): the site's own dataset directory; a stratified
   ``val-fraction`` of it is held out for local validation. Optional ``manifest`` and
   ``site-name``.
-* ``partition-id`` (simulation): hospital number ``partition-id`` of the simulated
+* ``data-dir`` with ``partition-id`` and ``num-partitions`` (demonstrations and tests
+  on one shared dataset, read in place): the site is hospital ``partition-id`` of the
+  ``partition`` (node config, default ``iid``) of ``data-dir`` into ``num-partitions``
+  hospitals, built exactly as the simulation engine builds it (the global test split is
+  held out and given to no site). Which slice a node holds is node configuration.
+* ``partition-id`` alone (simulation): hospital number ``partition-id`` of the simulated
   federation described by the run config (see :mod:`common.federation`).
+
+Optional ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...) overrides the run
+config's ``train.device`` on this site only.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,21 +40,52 @@ class Site:
     name: str
     train: MultiOmicsData  # raw values; standardized per round with the server's statistics
     val: MultiOmicsData
+    device: str = ""  # node config override of train.device ("" = the run config's)
 
 
 def load_site(node_config: dict[str, Any], cfg: RunConfig) -> Site:
+    device = str(node_config.get("device", ""))
     if "data-dir" in node_config:
-        return _own_directory(
-            str(node_config["data-dir"]), str(node_config.get("manifest", "")),
-            str(node_config.get("site-name", "")), cfg.val_fraction, cfg.seed,
-        )
+        name = str(node_config.get("site-name", ""))
+        manifest = str(node_config.get("manifest", ""))
+        if "num-partitions" in node_config or "partition-id" in node_config:
+            site = _partition_of_directory(
+                str(node_config["data-dir"]), manifest,
+                str(node_config.get("partition", "iid")),
+                int(node_config.get("num-partitions", 0)),
+                int(node_config.get("partition-id", -1)), cfg,
+            )
+            return replace(site, name=name or site.name, device=device)
+        site = _own_directory(str(node_config["data-dir"]), manifest, name, cfg.val_fraction,
+                              cfg.seed)
+        return replace(site, device=device)
     if "partition-id" in node_config:
         from common.federation import load_federation
 
         name, train, val = load_federation(cfg).site_data(int(node_config["partition-id"]))
-        return Site(name, train, val)
+        return Site(name, train, val, device)
     raise ValueError("node config names no data: set data-dir (deployment) or run under the "
                      "simulation engine (partition-id)")
+
+
+def _partition_of_directory(data_dir: str, manifest: str, partition: str, num_partitions: int,
+                            partition_id: int, cfg: RunConfig) -> Site:
+    """Hospital ``partition_id`` of ``data_dir`` split as the simulation engine splits it."""
+    from common.federation import build_federation
+
+    if num_partitions < 1 or partition_id < 0:
+        raise ValueError(f"node config: partition-id ({partition_id}) and num-partitions "
+                         f"({num_partitions}) must both be set, with num-partitions >= 1")
+    fed = build_federation(
+        data_dir, manifest=manifest, partition=partition, sites=num_partitions,
+        min_site_size=cfg.min_site_size, val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction, seed=cfg.seed,
+    )
+    if len(fed.plan.sites) != num_partitions:
+        raise ValueError(f"node config: the {partition} partition of {data_dir} has "
+                         f"{len(fed.plan.sites)} hospitals, not num-partitions={num_partitions}")
+    name, train, val = fed.site_data(partition_id)
+    return Site(name, train, val)
 
 
 @lru_cache(maxsize=2)
@@ -114,7 +153,7 @@ def train_round(
         train_epochs,
     )
 
-    device = select_device(cfg.train.device)
+    device = select_device(site.device or cfg.train.device)
     model = _model(rc, cfg, state).to(device)
     metrics = validation_metrics(model, site, rc)
     seed_everything(cfg.seed * 1000 + rc.server_round)

@@ -23,12 +23,22 @@ def default_run_dir(cfg: RunConfig, run_id: str) -> Path:
 def run_server(
     grid: Grid, cfg: RunConfig, run_id: str, on_round: Callable[[dict], None] | None = None
 ) -> dict:
-    """Federate, then write the run directory. Simulation runs also evaluate on test."""
+    """Federate, then write the run directory. Simulation runs also evaluate on test.
+
+    With ``cfg.resume`` the run continues from ``run_dir/checkpoint`` (the last completed
+    round); when no round had completed yet it starts over, saying so.
+    """
     from common.metrics import classification_metrics
-    from server.federation import run_federation, save_checkpoint
+    from server.federation import load_checkpoint, run_federation, save_checkpoint
     from server.outputs import CHECKPOINT_DIR, write_federated_outputs
 
     run_dir = default_run_dir(cfg, run_id)
+    resume = None
+    if cfg.resume:
+        resume = load_checkpoint(run_dir / CHECKPOINT_DIR)
+        if resume is None:
+            logger.warning("resume: no completed round in %s; starting from round 1",
+                           run_dir / CHECKPOINT_DIR)
     test, record = None, None
     if cfg.data:  # simulation: the coordinator may hold the global test split
         from common.federation import load_federation
@@ -37,8 +47,8 @@ def run_server(
         test, record = fed.test, fed.record()
     outcome = run_federation(
         grid, cfg, test=test,
-        checkpoint=lambda o, state: save_checkpoint(run_dir / CHECKPOINT_DIR, o, state),
-        on_round=on_round,
+        checkpoint=lambda ckpt: save_checkpoint(run_dir / CHECKPOINT_DIR, ckpt),
+        on_round=on_round, resume=resume,
     )
     test_metrics = None
     if test is not None:

@@ -55,6 +55,8 @@ def write_federated_outputs(
         "best_round": outcome.best_round,
         "rounds_run": len(outcome.rounds),
         "stopped_early": outcome.stopped or None,
+        # Deployment: the last completed round each coordinator restart resumed after.
+        "resumed_after_rounds": getattr(outcome, "resumed_from", None) or None,
         "per_site_epsilon": per_site_epsilon(outcome.rounds) or None,
         "central_dp": outcome.central_dp,
         "federated_seconds": outcome.seconds,

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from client.cli import app as site_app
 from common.config import RunConfig
+from server.cli import coordinator_app, pki_app
 from server.serving.cli import audit_verify, auth_app, registry_app, serve
 
 app = typer.Typer(
@@ -32,6 +33,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(site_app, name="site", help="Commands a hospital site runs on its own data.")
+app.add_typer(coordinator_app, name="coordinator",
+              help="Run the consortium coordinator (Flower SuperLink, TLS + node authentication).")
+app.add_typer(pki_app, name="pki", help="Consortium CA, coordinator certificate and site keys.")
 console = Console(stderr=True)
 _DEFAULT = RunConfig()
 

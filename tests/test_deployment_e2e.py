@@ -1,0 +1,477 @@
+"""The deployment engine with real processes on loopback: one coordinator
+(``cancer-alpha coordinator start``: flower-superlink with TLS and node authentication)
+and three hospitals (``cancer-alpha site start --config site.toml``: flower-supernode),
+each site holding one partition of the bundled BRCA data (node config, read in place).
+
+* a short federation completes over TLS with every site authenticated;
+* unknown, revoked, key-less and plaintext nodes are refused;
+* a site SIGKILLed mid-round: the round completes with the others (Flower marks the
+  node offline after missed heartbeats), the site restarts and takes part again;
+* the coordinator SIGKILLed after a completed round and restarted with ``--resume``
+  continues after that round: no round lost or repeated.
+
+Every process a test starts is stopped by PID, with its descendants, at the end. The
+real-process tests are marked ``e2e``; the others (round-loop exchange with a site going
+offline, checkpoint round trip, coordinator run-config handling) take milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.pki import Pki, init_pki, issue_site, revoke_site
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+SITES = ("site-a", "site-b", "site-c")
+# Small and short: the cost is dominated by one ClientApp process per message.
+RUN_OPTIONS = ["--local-epochs", "1",
+               "--run-config", "model.d-model=32 model.n-heads=2 train.batch-size=32"]
+TIMEOUT = 420.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants, parents first."""
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(tree.get(p, []))
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir()
+            if e.name.isdigit() and int(e.name) != os.getpid() and text in _cmdline(int(e.name))]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    root = tmp_path_factory.mktemp("pki") / "pki"
+    pki = init_pki(root)
+    for site in (*SITES, "revoked-site"):
+        issue_site(pki, site)
+    revoke_site(pki, "revoked-site")
+    return pki
+
+
+class Consortium:
+    """A coordinator and its sites as real processes; remembers every PID it started."""
+
+    def __init__(self, root: Path, pki: Pki, data: Path) -> None:
+        self.root, self.pki, self.data = root, pki, data
+        self.port = _free_port()
+        self.state = root / "coordinator"
+        self.procs: list[subprocess.Popen] = []
+        self.logs: dict[int, Path] = {}
+        self.env = {
+            **os.environ,
+            "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_TELEMETRY_ENABLED": "0",
+            # Two shared cores: one torch thread per process avoids oversubscription.
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+        }
+
+    def site_toml(self, site: str, *, key: Path | None = None, partition: int = 0) -> Path:
+        path = self.root / f"{site}.toml"
+        path.write_text(
+            f'[site]\nid = "{site}"\ndata-dir = "{self.data}"\nstate-dir = "state/{site}"\n'
+            f'device = "cpu"\n\n[coordinator]\naddress = "127.0.0.1:{self.port}"\n\n'
+            f'[tls]\nroot-certificates = "{self.pki.ca_cert}"\n'
+            f'private-key = "{key or self.pki.site_private_key(site)}"\n\n'
+            f"[supernode]\nport = {_free_port()}\n\n"
+            f"[demo]\npartition-id = {partition}\nnum-partitions = {len(SITES)}\n")
+        return path
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        log = self.root / f"{name}-{len(self.procs)}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        self.logs[proc.pid] = log
+        return proc
+
+    def coordinator(self, run_name: str, *args: str) -> subprocess.Popen:
+        return self._spawn("coordinator", [
+            PY, "-m", "server.cli", "coordinator", "start", "--pki", str(self.pki.root),
+            "--state-dir", str(self.state), "--host", "127.0.0.1", "--port", str(self.port),
+            "--run-name", run_name, "-v", *args])
+
+    def site(self, site: str, **kw) -> subprocess.Popen:
+        index = SITES.index(site) if site in SITES else 0
+        toml = self.site_toml(site, partition=index, **kw)
+        return self._spawn(site, [PY, "-m", "simulations.cli", "site", "start", "--config",
+                                  str(toml)])
+
+    def start_sites(self) -> dict[str, subprocess.Popen]:
+        return {s: self.site(s) for s in SITES}
+
+    def wait_registered(self, coordinator: subprocess.Popen, timeout: float = 120) -> dict:
+        """Sites may only start once the coordinator has registered their keys."""
+        path = self.state / "sites.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert coordinator.poll() is None, self.log(coordinator)
+            if path.exists():
+                registry = json.loads(path.read_text())
+                if set(registry) == set(SITES):
+                    return registry
+            time.sleep(0.5)
+        raise AssertionError("sites were not registered in time:\n" + self.log(coordinator))
+
+    def wait(self, proc: subprocess.Popen, timeout: float = TIMEOUT) -> int:
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after {timeout:.0f} s:\n"
+                                 + self.log(proc)) from None
+
+    def log(self, proc: subprocess.Popen, lines: int = 60) -> str:
+        text = self.logs[proc.pid].read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def kill(self, proc: subprocess.Popen) -> None:
+        """SIGKILL a process and everything it started: a crash, not a shutdown."""
+        _signal(_tree(proc.pid), signal.SIGKILL)
+        proc.wait(30)
+
+    def stop_all(self) -> None:
+        pids = [p for proc in self.procs for p in _tree(proc.pid)]
+        _signal(pids, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(
+                Path(f"/proc/{p}").exists() and _cmdline(p) for p in pids):
+            time.sleep(0.3)
+        _signal(pids, signal.SIGKILL)
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+
+    def metrics(self, run_name: str) -> dict:
+        return json.loads((self.state / "runs" / run_name / "metrics.json").read_text())
+
+
+@pytest.fixture
+def consortium(tmp_path, pki, bundled_dir):
+    c = Consortium(tmp_path, pki, bundled_dir("brca"))
+    try:
+        yield c
+    finally:
+        c.stop_all()
+    leftover = _processes_mentioning(str(tmp_path))
+    _signal(leftover, signal.SIGKILL)
+    assert not leftover, [_cmdline(p) for p in leftover]
+
+
+def _train_sites(record: dict) -> set[str]:
+    return {s["site"] for s in record["sites"] if "n_train" in s}
+
+
+@pytest.mark.e2e
+def test_federation_over_tls_with_node_auth_completes(consortium):
+    coordinator = consortium.coordinator("e2e", "--rounds", "2", "--min-sites", "3",
+                                         *RUN_OPTIONS)
+    registry = consortium.wait_registered(coordinator)
+    consortium.start_sites()
+    assert consortium.wait(coordinator) == 0, consortium.log(coordinator)
+
+    m = consortium.metrics("e2e")
+    assert m["rounds_run"] == 2 and m["best_round"] in (1, 2)
+    assert {s["site"] for s in m["sites"]} == set(SITES)
+    for record in m["rounds"]:
+        assert _train_sites(record) == set(SITES) and record["rejected"] == []
+        assert 0.0 <= record["val"]["f1_macro"] <= 1.0
+    assert (consortium.state / "runs" / "e2e" / "model" / "weights.pt").is_file()
+    assert "revoked-site" not in registry
+    superlink_log = (consortium.state / "logs" / "superlink.log").read_text()
+    assert f"Uvicorn running on https://127.0.0.1:{consortium.port}" in superlink_log
+    record = json.loads((consortium.state / "runs" / "e2e" / "coordinator.json").read_text())
+    assert record["events"][-1]["status"] == "finished:completed"
+
+
+@pytest.mark.e2e
+def test_unknown_revoked_keyless_and_plaintext_nodes_are_refused(consortium, tmp_path):
+    coordinator = consortium.coordinator("refusals", "--rounds", "1", "--min-sites", "3",
+                                         *RUN_OPTIONS)
+    consortium.wait_registered(coordinator)
+    outsider = init_pki(tmp_path / "outsider-pki")  # a key the consortium never saw
+    issue_site(outsider, "stranger")
+    stranger = consortium.site("stranger", key=outsider.site_private_key("stranger"))
+    revoked = consortium.site("revoked-site")
+    address = f"127.0.0.1:{consortium.port}"
+    supernode = [str(Path(PY).parent / "flower-supernode"), "--superlink", address,
+                 "--max-retries", "1", "--max-wait-time", "20"]
+    keyless = consortium._spawn("keyless", [
+        *supernode, "--root-certificates", str(consortium.pki.ca_cert),
+        "--port", str(_free_port())])
+    plaintext = consortium._spawn("plaintext", [*supernode, "--insecure",
+                                                "--port", str(_free_port())])
+    for proc in (stranger, revoked):
+        assert consortium.wait(proc, 120) != 0
+        log = consortium.log(proc)
+        assert "Failed to activate SuperNode" in log, log
+        assert "refused this site's key" in log, log  # our explanation for the site's IT
+    # Flower's own SuperNode prints the refusal but may take a while to exit.
+    _wait_for(lambda: "All SuperNodes must be registered" in consortium.log(keyless), 120,
+              "the key-less node's refusal", coordinator, consortium)
+    _wait_for(lambda: "could not establish a connection" in consortium.log(plaintext), 120,
+              "the plaintext node's refusal", coordinator, consortium)
+    # Nobody got in: the run is still waiting for its three registered sites.
+    assert coordinator.poll() is None
+    listing = subprocess.run(
+        [str(Path(PY).parent / "flwr"), "supernode", "ls", "consortium", "--format", "json"],
+        env={**consortium.env, "FLWR_HOME": str(consortium.state / "flwr-home")},
+        capture_output=True, text=True, timeout=60)
+    nodes = json.loads(listing.stdout[listing.stdout.index("{"):])["nodes"]
+    assert len(nodes) == 3 and all(n["status"] == "registered" for n in nodes), nodes
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen,
+              consortium: Consortium, interval: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        assert proc.poll() is None, consortium.log(proc)
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}:\n{consortium.log(proc)}")
+
+
+@pytest.mark.e2e
+def test_site_killed_mid_round_run_completes_and_site_rejoins(consortium):
+    coordinator = consortium.coordinator("site-killed", "--rounds", "2", "--min-sites", "2",
+                                         *RUN_OPTIONS)
+    registry = consortium.wait_registered(coordinator)
+    sites = consortium.start_sites()
+    victim = sites["site-c"]
+
+    def training() -> bool:  # a ClientApp of round 1 is running at site-c
+        return "configure_train" in consortium.log(coordinator, 400) and any(
+            "flwr-clientapp" in _cmdline(p) for p in _tree(victim.pid))
+
+    _wait_for(training, 240, "round 1 training at site-c", coordinator, consortium)
+    consortium.kill(victim)
+
+    def offline() -> bool:  # Flower notices after missed heartbeats (up to ~60 s)
+        out = subprocess.run(
+            [str(Path(PY).parent / "flwr"), "supernode", "ls", "consortium", "--format",
+             "json"], env={**consortium.env, "FLWR_HOME": str(consortium.state / "flwr-home")},
+            capture_output=True, text=True, timeout=60).stdout
+        nodes = json.loads(out[out.index("{"):])["nodes"] if "{" in out else []
+        return any(n["node-id"] == registry["site-c"]["node_id"] and n["status"] == "offline"
+                   for n in nodes)
+
+    # Each check runs the flwr CLI: poll gently, the federation needs the CPU.
+    _wait_for(offline, 150, "site-c to be marked offline", coordinator, consortium,
+              interval=3.0)
+    consortium.site("site-c")  # the hospital restarts its site
+    assert consortium.wait(coordinator) == 0, consortium.log(coordinator)
+
+    m = consortium.metrics("site-killed")
+    assert m["rounds_run"] == 2 and m["stopped_early"] is None
+    first, second = m["rounds"]
+    assert _train_sites(first) == {"site-a", "site-b"}
+    # Flower's error reply for the offline node, or the round loop giving it up itself.
+    assert len(first["rejected"]) == 1, first["rejected"]
+    assert first["rejected"][0]["reason"].startswith(("site error", "no reply"))
+    # It is back: it validated (and possibly trained) the global model in round 2.
+    assert "site-c" in {s["site"] for s in second["sites"]}, second["sites"]
+
+
+@pytest.mark.e2e
+def test_coordinator_killed_and_resumed_continues_after_last_completed_round(consortium):
+    coordinator = consortium.coordinator("resumed", "--rounds", "2", "--min-sites", "3",
+                                         *RUN_OPTIONS)
+    consortium.wait_registered(coordinator)
+    consortium.start_sites()
+    state = consortium.state / "runs" / "resumed" / "checkpoint" / "state.json"
+
+    def round_completed() -> dict | None:
+        with contextlib.suppress(OSError, ValueError):
+            saved = json.loads(state.read_text())
+            return saved if saved["round"] >= 1 else None
+        return None
+
+    before = _wait_for(round_completed, 300, "the first checkpoint", coordinator, consortium)
+    consortium.kill(coordinator)
+    assert not (consortium.state / "runs" / "resumed" / "metrics.json").exists()
+
+    restarted = consortium.coordinator("resumed", "--resume")
+    assert consortium.wait(restarted) == 0, consortium.log(restarted)
+    m = consortium.metrics("resumed")
+    assert [r["round"] for r in m["rounds"]] == [1, 2]  # none lost, none repeated
+    assert m["resumed_after_rounds"] == [1]
+    assert m["rounds"][0]["val"] == before["rounds"][0]["val"]  # kept, not recomputed
+    record = json.loads((consortium.state / "runs" / "resumed" / "coordinator.json")
+                        .read_text())
+    assert len(record["flower_runs"]) == 2 and record["events"][-1]["status"] == \
+        "finished:completed"
+
+
+# --- fast tests of the pieces the real-process tests rely on ---------------------------------
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Flower messages need a run/task identity outside a running app."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+
+
+class ScriptedGrid:
+    """A Grid whose nodes answer (or not) and go offline on a script."""
+
+    def __init__(self, answering: set[int], online: list[set[int]]) -> None:
+        self.answering, self.online, self.sent = answering, online, {}
+
+    def push_messages(self, messages):
+        ids = []
+        for i, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{i}"  # as Flower's grids do
+            ids.append(f"m{i}")
+            self.sent[f"m{i}"] = msg
+        return ids
+
+    def pull_messages(self, ids):
+        from flwr.app import Message, RecordDict
+
+        return [Message(content=RecordDict(), reply_to=self.sent[i]) for i in ids
+                if self.sent[i].metadata.dst_node_id in self.answering]
+
+    def get_node_ids(self):
+        return sorted(self.online.pop(0) if len(self.online) > 1 else self.online[0])
+
+
+def _messages(nodes):
+    from flwr.app import Message, MessageType, RecordDict
+
+    return [Message(content=RecordDict(), dst_node_id=n, message_type=MessageType.TRAIN)
+            for n in nodes]
+
+
+def test_exchange_gives_up_a_node_that_went_offline_even_if_it_returns(task_identity):
+    from server.federation import exchange
+
+    # Node 3 never answers; it is offline for one poll, then back (a quick restart).
+    grid = ScriptedGrid(answering={1, 2}, online=[{1, 2, 3}, {1, 2}, {1, 2, 3}])
+    t0 = time.monotonic()
+    replies, lost = exchange(grid, _messages([1, 2, 3]), timeout=60)
+    assert len(replies) == 2 and lost == [3]
+    assert time.monotonic() - t0 < 5  # not the timeout
+
+
+def test_exchange_stops_waiting_at_the_timeout(task_identity):
+    from server.federation import exchange
+
+    grid = ScriptedGrid(answering={1}, online=[{1, 2}])
+    t0 = time.monotonic()
+    replies, lost = exchange(grid, _messages([1, 2]), timeout=0.5)
+    assert len(replies) == 1 and lost == [2]
+    assert 0.5 <= time.monotonic() - t0 < 5
+
+
+def test_checkpoint_round_trip_and_config_guard(tmp_path):
+    import torch
+
+    from common.config import RunConfig
+    from server.federation import (
+        Checkpoint,
+        FederationError,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    cfg = RunConfig(rounds=3)
+    weights = {"w": torch.arange(4.0)}
+    ckpt = Checkpoint(round=2, global_state=weights, best_round=1, best_state=weights,
+                      rounds=[{"round": 1}, {"round": 2}], sites=[{"site": "a"}],
+                      schema={"modalities": {"rna": ["g1"]}, "label_names": ["x", "y"]},
+                      standardizer={"mean/rna": [0.0], "std/rna": [1.0]},
+                      class_weight=[1.0, 2.0], selection={"best": [0.5, -1.0], "best_step": 1},
+                      strategy={"releases": 2}, central_dp=None, config=cfg.to_dict())
+    assert load_checkpoint(tmp_path) is None
+    save_checkpoint(tmp_path, ckpt)
+    back = load_checkpoint(tmp_path)
+    assert back is not None and back.round == 2 and back.strategy == {"releases": 2}
+    assert torch.equal(back.global_state["w"], weights["w"])
+    assert json.loads((tmp_path / "state.json").read_text())["round"] == 2
+    back.check_compatible(RunConfig(rounds=5))  # more rounds: fine
+    with pytest.raises(FederationError, match="strategy: checkpoint 'fedavg', now 'fedprox'"):
+        back.check_compatible(RunConfig(strategy="fedprox"))
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FederationError, match="cannot be read"):
+        load_checkpoint(tmp_path)
+
+
+def test_coordinator_run_config_new_resume_and_errors(tmp_path):
+    from server.cli import parse_run_config
+    from server.coordinator import CoordinatorConfig, CoordinatorError, prepare_run_config
+
+    assert parse_run_config('rounds=5 model.d-model=64 strategy="fedprox" dp=local') == {
+        "rounds": 5, "model.d-model": 64, "strategy": "fedprox", "dp": "local"}
+
+    def cfg(**kw) -> CoordinatorConfig:
+        return CoordinatorConfig(pki_dir=tmp_path / "pki", state_dir=tmp_path / "state",
+                                 run_name="r", **kw)
+
+    with pytest.raises(CoordinatorError, match="nothing to resume"):
+        prepare_run_config(cfg(resume=True))
+    with pytest.raises(CoordinatorError, match="unknown run config key 'roundz'"):
+        prepare_run_config(cfg(run_config={"roundz": 3}))
+    path, flat = prepare_run_config(cfg(run_config={"rounds": 3, "model.d-model": 32}))
+    assert flat["data"] == "" and flat["rounds"] == 3  # the coordinator holds no data
+    assert flat["out"] == str((tmp_path / "state" / "runs" / "r").resolve())
+    from flwr.common.config import parse_config_args
+
+    assert parse_config_args([str(path)]) == flat  # what `flwr run --run-config FILE` reads
+    (tmp_path / "state" / "runs" / "r" / "checkpoint").mkdir()
+    (tmp_path / "state" / "runs" / "r" / "checkpoint" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(CoordinatorError, match="continue it with --resume"):
+        prepare_run_config(cfg(run_config={"rounds": 3}))
+    _, resumed = prepare_run_config(cfg(resume=True, run_config={"rounds": 9}))
+    assert resumed["resume"] is True and resumed["rounds"] == 3  # the stored config
+    assert resumed["model.d-model"] == 32
