@@ -30,6 +30,7 @@ def run_server(
     """
     from common.metrics import classification_metrics
     from server.federation import load_checkpoint, run_federation, save_checkpoint
+    from server.monitoring import CoordinatorMetrics
     from server.outputs import CHECKPOINT_DIR, write_federated_outputs
 
     run_dir = default_run_dir(cfg, run_id)
@@ -45,11 +46,25 @@ def run_server(
 
         fed = load_federation(cfg)
         test, record = fed.test, fed.record()
-    outcome = run_federation(
-        grid, cfg, test=test,
-        checkpoint=lambda ckpt: save_checkpoint(run_dir / CHECKPOINT_DIR, ckpt),
-        on_round=on_round, resume=resume,
-    )
+    metrics = CoordinatorMetrics()
+    metrics.run_started(run_id, cfg.strategy, cfg.dp, cfg.rounds,
+                        epsilon_budget=None if cfg.dp == "none" else cfg.epsilon)
+
+    def report(round_record: dict) -> None:
+        metrics.round_completed(round_record)
+        if on_round is not None:
+            on_round(round_record)
+
+    try:
+        outcome = run_federation(
+            grid, cfg, test=test,
+            checkpoint=lambda ckpt: save_checkpoint(run_dir / CHECKPOINT_DIR, ckpt),
+            on_round=report, resume=resume,
+        )
+    except Exception:
+        metrics.run_finished(ok=False)
+        raise
+    metrics.run_finished(ok=True)
     test_metrics = None
     if test is not None:
         from common.model import ModelSpec, build_model

@@ -212,7 +212,8 @@ def coordinator_start(
     round_timeout: float | None = typer.Option(
         None, "--round-timeout", metavar="SECONDS",
         help="Longest wait for a round's replies; late or dead sites are left out."),
-    strategy: str | None = typer.Option(None, "--strategy", help="fedavg or fedprox."),
+    strategy: str | None = typer.Option(None, "--strategy",
+                                        help="fedavg, fedavgm or fedprox."),
     run_config: str = typer.Option("", "--run-config", metavar="'K=V ...'",
                                    help="Other run config keys (as in pyproject.toml)."),
     resume: bool = typer.Option(False, "--resume",
@@ -223,6 +224,12 @@ def coordinator_start(
         None, "--app", metavar="DIR", envvar=APP_ENV,
         help="Flower app to submit: a directory with the project's pyproject.toml and "
         "packages (default: this checkout)."),
+    metrics_port: int = typer.Option(
+        9100, "--metrics-port", envvar="CANCER_ALPHA_METRICS_PORT",
+        help="Prometheus metrics at http://ADDR:PORT/metrics while running; 0: off."),
+    metrics_addr: str = typer.Option("127.0.0.1", "--metrics-addr",
+                                     envvar="CANCER_ALPHA_METRICS_ADDR",
+                                     help="Address of the metrics endpoint."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Log more."),
 ) -> None:
     """Start the SuperLink, register the sites' keys, run one federation to the end.
@@ -242,7 +249,8 @@ def coordinator_start(
     cfg = CoordinatorConfig(pki_dir=pki_dir, state_dir=state_dir, host=host, port=port,
                             run_name=run_name, run_config=overrides,
                             app_dir=app_dir or PROJECT_ROOT, resume=resume,
-                            keep_alive=keep_alive)
+                            keep_alive=keep_alive, metrics_port=metrics_port,
+                            metrics_addr=metrics_addr)
     from server.coordinator import run_coordinator
 
     console.print(f"coordinator on {escape(host)}:{port}, run {escape(run_name)}"

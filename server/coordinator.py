@@ -81,6 +81,9 @@ class CoordinatorConfig:
     resume: bool = False
     keep_alive: bool = False  # keep the SuperLink up after the run (e.g. for more runs)
     startup_timeout: float = 60.0
+    # Prometheus endpoint of the run's metrics (server.monitoring); port 0: none.
+    metrics_port: int = 0
+    metrics_addr: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         # Flower's CLI runs with its own working directory: every path must be absolute.
@@ -424,6 +427,17 @@ def run_coordinator(cfg: CoordinatorConfig,
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     run_config, flat = prepare_run_config(cfg)
     env = coordinator_env(cfg)
+    metrics_server = None
+    if cfg.metrics_port:
+        from server.monitoring import MULTIPROC_ENV, serve_coordinator_metrics
+
+        # Each run's ServerApp is its own short-lived process: they write the metrics
+        # to files in this directory, which this process serves summed.
+        directory = cfg.state_dir / "metrics"
+        env[MULTIPROC_ENV] = str(directory)
+        metrics_server, _ = serve_coordinator_metrics(cfg.metrics_port, cfg.metrics_addr,
+                                                      directory)
+        logger.info("metrics at http://%s:%d/metrics", cfg.metrics_addr, cfg.metrics_port)
     write_flower_home(cfg)
     superlink = start_superlink(cfg, env)
     stop_requested = False
@@ -463,4 +477,6 @@ def run_coordinator(cfg: CoordinatorConfig,
         for s, handler in previous.items():
             signal.signal(s, handler)
         stop_process(superlink)
+        if metrics_server is not None:
+            metrics_server.shutdown()
         (cfg.state_dir / "superlink.pid").unlink(missing_ok=True)

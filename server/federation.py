@@ -46,6 +46,7 @@ from common.protocol import (
     site_name,
 )
 from common.schema import FeatureSchema, SchemaMismatchError
+from server.monitoring import update_sizes
 from strategies.metrics import macro_f1, pool_validation
 
 logger = logging.getLogger(__name__)
@@ -344,6 +345,8 @@ def run_federation(
                  "reason": "no reply: the site went offline or timed out mid-round"}
                 for node in lost]
         record: dict[str, Any] = {"round": rnd, "rejected": rejected}
+        if not cfg.secagg:  # under SecAgg+ the coordinator never sees one site's update
+            record["update_bytes"] = update_sizes(train_replies)
         if accepted < cfg.min_sites:
             # Sites may decline (privacy budget spent) or fail; below the minimum the
             # federation ends cleanly with the best round so far.
@@ -351,11 +354,11 @@ def run_federation(
             outcome.stopped = (f"round {rnd}: {accepted} usable updates, fewer than the "
                                f"{cfg.min_sites} required" + (f" ({reasons})" if reasons else ""))
             logger.warning("stopping: %s", outcome.stopped)
-            outcome.rounds.append({**record, "failed": True})
+            _failed_round(outcome, record, on_round)
             break
         if new_arrays is None:
             logger.warning("round %d: no usable update (%d replies)", rnd, len(train_replies))
-            outcome.rounds.append({**record, "failed": True})
+            _failed_round(outcome, record, on_round)
             pending = None
             continue
         arrays = new_arrays
@@ -456,6 +459,14 @@ def _checkpoint(outcome: FederationOutcome, state: dict, cfg: RunConfig,
         resumed_from=outcome.resumed_from, seconds=seconds,
         setup_seconds=outcome.setup_seconds,
     )
+
+
+def _failed_round(outcome: FederationOutcome, record: dict,
+                  on_round: Callable[[dict], None] | None) -> None:
+    failed = {**record, "failed": True}
+    outcome.rounds.append(failed)
+    if on_round is not None:
+        on_round(failed)
 
 
 def _secure_round(grid: Grid, rnd: int, arrays: ArrayRecord, rc: RoundConfig, cfg: RunConfig,

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,7 @@ class Consortium:
     def __init__(self, root: Path, pki: Pki, data: Path) -> None:
         self.root, self.pki, self.data = root, pki, data
         self.port = _free_port()
+        self.metrics_port = _free_port()
         self.state = root / "coordinator"
         self.procs: list[subprocess.Popen] = []
         self.logs: dict[int, Path] = {}
@@ -137,7 +139,7 @@ class Consortium:
         return self._spawn("coordinator", [
             PY, "-m", "server.cli", "coordinator", "start", "--pki", str(self.pki.root),
             "--state-dir", str(self.state), "--host", "127.0.0.1", "--port", str(self.port),
-            "--run-name", run_name, "-v", *args])
+            "--run-name", run_name, "--metrics-port", str(self.metrics_port), "-v", *args])
 
     def site(self, site: str, **kw) -> subprocess.Popen:
         index = SITES.index(site) if site in SITES else 0
@@ -214,8 +216,21 @@ def test_federation_over_tls_with_node_auth_completes(consortium):
     coordinator = consortium.coordinator("e2e", "--rounds", "2", "--min-sites", "3",
                                          *RUN_OPTIONS)
     registry = consortium.wait_registered(coordinator)
+    with urllib.request.urlopen(
+            f"http://127.0.0.1:{consortium.metrics_port}/metrics", timeout=10) as page:
+        assert page.status == 200  # the coordinator's Prometheus endpoint is up
     consortium.start_sites()
     assert consortium.wait(coordinator) == 0, consortium.log(coordinator)
+
+    # The run's ServerApp process wrote its metrics for the coordinator to serve.
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry_ = CollectorRegistry()
+    MultiProcessCollector(registry_, path=str(consortium.state / "metrics"))
+    assert registry_.get_sample_value("cancer_alpha_rounds_total",
+                                      {"outcome": "completed"}) == 2
+    assert registry_.get_sample_value("cancer_alpha_participating_sites") == len(SITES)
 
     m = consortium.metrics("e2e")
     assert m["rounds_run"] == 2 and m["best_round"] in (1, 2)
