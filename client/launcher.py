@@ -265,11 +265,11 @@ _REFUSALS = (
      "pki issue-site` and `cancer-alpha coordinator sync-sites`. If this site crashed less "
      "than a minute ago, its previous session has not expired yet: start again in a minute"),
     ("must be registered via the CLI", "the coordinator requires node authentication and "
-     "this SuperNode has no registered key: set [auth] private-key in site.toml"),
+     "this SuperNode has no registered key: set [tls] private-key in site.toml"),
     ("SSL/TLS handshake error", "TLS failed: run `cancer-alpha site check --config site.toml "
      "--probe` to see whether the coordinator's certificate expired or was not issued by "
      "your CA"),
-    ("Unable to parse the private key", "the [auth] private-key file is not an EC key in "
+    ("Unable to parse the private key", "the [tls] private-key file is not an EC key in "
      "OpenSSH/PEM format"),
 )
 

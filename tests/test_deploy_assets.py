@@ -1,14 +1,23 @@
 """Tests for deploy/: Dockerfile lint and structure, Compose, Kubernetes, Grafana.
 
+The assets must match the commands as built: every ``cancer-alpha ...`` command line is
+parsed by the real Typer app, every ``CANCER_ALPHA_*`` variable is one the code reads,
+every site.toml loads with :mod:`common.site_config`, and the coordinator's PKI directory,
+as Compose and Kubernetes assemble it from a freshly generated PKI, is one that
+``coordinator start`` accepts (server files, ``sites/<id>/site.pub`` of every site).
+
 Everything here runs offline. Only the image build needs a Docker daemon, and only
 that test is skipped without one.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -17,10 +26,22 @@ import tomllib
 from functools import cache
 from pathlib import Path
 
+import click
 import kubernetes_validate
 import pytest
+import typer.main
 import yaml
 from prometheus_client import generate_latest
+
+from common.pki import (
+    Pki,
+    check_server_files,
+    init_pki,
+    issue_site,
+    load_private_key,
+    load_site_public_key,
+)
+from common.site_config import parse_site_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -32,6 +53,9 @@ TARGETS = ("coordinator", "site", "serve")
 SITES = ("site-a", "site-b", "site-c")
 K8S_VERSIONS = ("1.29.0", "1.37.0")  # oldest supported, newest schema bundled
 K8S_ENTRY_POINTS = ("coordinator", "inference", *(f"site/overlays/{s}" for s in SITES))
+# Flower 1.41: one HTTPS port for the Fleet API, the Control API and the ServerApp runtime.
+SUPERLINK_PORT, METRICS_PORT = 9092, 9100
+APP_DIR = "/opt/cancer-alpha/app"
 
 
 def _tool(name: str) -> str:
@@ -40,6 +64,137 @@ def _tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} not found: install the test extra (pip install -e '.[test]')")
     return path
+
+
+# ---------------------------------------------------------------- the real CLI
+
+
+@cache
+def _cli() -> click.Group:
+    from simulations.cli import app
+
+    return typer.main.get_command(app)
+
+
+def _resolve(argv: list[str]) -> tuple[list[str], click.Command, list[str]]:
+    """``["cancer-alpha", "coordinator", "start", "--x"]`` -> (["coordinator", "start"],
+    the click command, ["--x"]); fails on a command that does not exist."""
+    assert argv and argv[0] == "cancer-alpha", argv
+    cmd, path, rest = _cli(), [], list(argv[1:])
+    while isinstance(cmd, click.Group) and not (rest and rest[0].startswith("-")):
+        assert rest, f"{shlex.join(argv)}: incomplete command"
+        sub = cmd.get_command(click.Context(cmd), rest[0])
+        assert sub is not None, f"{shlex.join(argv)}: no command {' '.join([*path, rest[0]])}"
+        path.append(rest.pop(0))
+        cmd = sub
+    return path, cmd, rest
+
+
+def _option_names(cmd: click.Command) -> set[str]:
+    return {o for p in cmd.params if isinstance(p, click.Option)
+            for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+
+
+def _envvars(cmd: click.Command) -> set[str]:
+    out = set()
+    for p in cmd.params:
+        ev = getattr(p, "envvar", None)
+        out.update([ev] if isinstance(ev, str) else ev or [])
+    return out
+
+
+def _parse_cli(argv: list[str], env: dict[str, str],
+               monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], dict]:
+    """Parse a container's command line as the real CLI does, in the container's
+    environment (option values from env vars included); return (command path, params).
+
+    Every ``CANCER_ALPHA_*`` variable set for a ``cancer-alpha`` command must be one it
+    reads (an option's env var; for ``serve``, a serving setting)."""
+    from server.serving.settings import WORKER_SETTINGS_ENV, env_variables
+
+    path, cmd, rest = _resolve(argv)
+    known = _envvars(cmd) | (set(env_variables()) - {WORKER_SETTINGS_ENV}
+                             if path == ["serve"] else set())
+    ours = {k for k in env if k.startswith("CANCER_ALPHA_")}
+    assert ours <= known, f"{' '.join(path)}: unknown variables {sorted(ours - known)}"
+    with monkeypatch.context() as m:
+        for k in [k for k in os.environ if k.startswith("CANCER_ALPHA_")]:
+            m.delenv(k)
+        for k, v in env.items():
+            m.setenv(k, v)
+        try:
+            ctx = cmd.make_context(f"cancer-alpha {' '.join(path)}", rest)
+        except click.ClickException as e:
+            pytest.fail(f"{shlex.join(argv)}: {e.format_message()}")
+    # Typer turns values into their Python types when it invokes the command; here the
+    # parsed values are click's (Path options stay strings): normalise those.
+    paths = {p.name for p in cmd.params if isinstance(p.type, click.Path)}
+    return path, {k: Path(v) if k in paths and v is not None else v
+                  for k, v in ctx.params.items()}
+
+
+_MENTION = re.compile(r"(?<!-n )(?<![\w/.-])cancer-alpha((?: +[^\s`;|&)'\\]+)+)")
+
+
+def _mentioned_command_lines(text: str) -> list[list[str]]:
+    """``cancer-alpha ...`` command lines written in a file (code, comments, prose)."""
+    out = []
+    for m in _MENTION.finditer(text):
+        out.append(["cancer-alpha", *m.group(1).split()])
+    return out
+
+
+def test_every_command_line_mentioned_in_deploy_exists():
+    """Every ``cancer-alpha ...`` written anywhere in deploy/ (commands, comments, the
+    README) names a real command, and each of its options exists on that command."""
+    seen = 0
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file():
+            continue
+        for argv in _mentioned_command_lines(path.read_text()):
+            _, cmd, rest = _resolve(argv)
+            unknown = {w.split("=")[0] for w in rest if w.startswith("-")} - _option_names(cmd)
+            assert not unknown, f"{path}: {shlex.join(argv)}: no option {sorted(unknown)}"
+            seen += 1
+    assert seen >= 10
+
+
+def test_every_cancer_alpha_variable_in_deploy_is_read_by_the_code():
+    """Every ``CANCER_ALPHA_*`` name in deploy/ (manifests, comments, README) is an option's
+    env var or a serving setting; ``${CANCER_ALPHA_TAG}`` is Compose's image tag only."""
+    from server.serving.settings import env_variables
+
+    def walk(cmd: click.Command) -> set[str]:
+        subs = cmd.commands.values() if isinstance(cmd, click.Group) else []
+        return _envvars(cmd).union(*(walk(s) for s in subs))
+
+    known = walk(_cli()) | set(env_variables())
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file():
+            text = path.read_text()
+            for m in re.finditer(r"(\$\{)?\b(CANCER_ALPHA_[A-Z0-9_]*[A-Z0-9])", text):
+                if m.group(1) and m.group(2) == "CANCER_ALPHA_TAG":
+                    continue
+                assert m.group(2) in known, f"{path}: {m.group(2)} is read by nothing"
+
+
+def test_the_cli_checks_are_not_no_ops(monkeypatch):
+    with pytest.raises(AssertionError, match="no command"):
+        _resolve(["cancer-alpha", "coordinator", "run"])
+    _, cmd, _ = _resolve(["cancer-alpha", "coordinator", "start"])
+    assert "--control-port" not in _option_names(cmd) and "--app" in _option_names(cmd)
+    with pytest.raises(pytest.fail.Exception, match=r"(?i)no such option"):
+        _parse_cli(["cancer-alpha", "coordinator", "start", "--control-port", "9093"], {},
+                   monkeypatch)
+    with pytest.raises(pytest.fail.Exception, match="CANCER_ALPHA_METRICS_PORT"):
+        _parse_cli(["cancer-alpha", "coordinator", "start"],
+                   {"CANCER_ALPHA_METRICS_PORT": "metrics"}, monkeypatch)
+    with pytest.raises(AssertionError, match="CANCER_ALPHA_CONTROL_PORT"):
+        _parse_cli(["cancer-alpha", "coordinator", "start"],
+                   {"CANCER_ALPHA_CONTROL_PORT": "9093"}, monkeypatch)
+    assert [a[:3] for a in _mentioned_command_lines(
+        "kubectl -n cancer-alpha exec x; run `cancer-alpha site start --config s.toml`")] == [
+        ["cancer-alpha", "site", "start"]]
 
 
 # ---------------------------------------------------------------- Dockerfile
@@ -165,7 +320,16 @@ def test_torch_is_the_pinned_cpu_wheel_and_flower_runs_offline():
         assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
         assert env["FLWR_DISABLE_UPDATE_CHECK"] == "1"
         assert env["FLWR_TELEMETRY_ENABLED"] == "0"
-        assert env["FLWR_HOME"] == "/var/lib/cancer-alpha/flwr"
+        if target != "coordinator":
+            assert env["FLWR_HOME"] == "/var/lib/cancer-alpha/flwr"
+    # the coordinator's FLWR_HOME is where `coordinator start` writes the Flower CLI's
+    # connection, so `docker exec ... flwr ls consortium` works in the container
+    from server.coordinator import CoordinatorConfig
+
+    env = _env(stages, "coordinator")
+    cfg = CoordinatorConfig(pki_dir=Path(env["CANCER_ALPHA_CERTS_DIR"]),
+                            state_dir=Path(env["CANCER_ALPHA_STATE_DIR"]))
+    assert env["FLWR_HOME"] == cfg.flwr_home.as_posix()
 
 
 def _image_requirements(pyproject: Path, *extras: str) -> list[str]:
@@ -197,22 +361,115 @@ def test_image_requirements_add_defined_extras_only(tmp_path):
         "flwr[rest]==1.41.0", "torch==2.13.0", "fastapi>=0.110", "uvicorn"]
 
 
-def test_targets_start_the_right_command():
+def _image_cmd(target: str) -> list[str]:
+    """The image's ENTRYPOINT + CMD of ``target``: the full default command line."""
     stages = dockerfile_stages()
-    entry = [a for k, a in stages["runtime"] if k == "ENTRYPOINT"]
-    assert entry == ['["cancer-alpha"]']
-    cmd = {t: json.loads(next(a for k, a in stages[t] if k == "CMD")) for t in TARGETS}
-    assert cmd["coordinator"] == ["coordinator", "start"]
-    assert cmd["site"] == ["site", "start", "--config", "/etc/cancer-alpha/site.toml"]
-    assert cmd["serve"][0] == "serve" and "8000" in cmd["serve"]
+    (entry,) = [json.loads(a) for k, a in stages["runtime"] if k == "ENTRYPOINT"]
+    (cmd,) = [json.loads(a) for k, a in stages[target] if k == "CMD"]
+    return [*entry, *cmd]
+
+
+def test_targets_start_the_right_command():
+    assert _image_cmd("coordinator") == ["cancer-alpha", "coordinator", "start", "--keep-alive"]
+    assert _image_cmd("site") == ["cancer-alpha", "site", "start", "--config",
+                                  "/etc/cancer-alpha/site.toml"]
+    serve = _image_cmd("serve")
+    assert serve[:2] == ["cancer-alpha", "serve"] and "8000" in serve
+    stages = dockerfile_stages()
     expose = {t: " ".join(a for k, a in stages[t] if k == "EXPOSE").split() for t in TARGETS}
-    assert expose == {"coordinator": ["9092", "9093", "9100"], "site": [], "serve": ["8000"]}
+    # one SuperLink port (Fleet + Control API + ServerApp runtime) and the metrics port
+    assert expose == {"coordinator": [str(SUPERLINK_PORT), str(METRICS_PORT)], "site": [],
+                      "serve": ["8000"]}
     # Compose starts the sites once this check passes (depends_on: service_healthy)
     (health,) = [a for k, a in stages["coordinator"] if k == "HEALTHCHECK"]
-    assert "('127.0.0.1', 9092)" in health
+    assert f"('127.0.0.1', {SUPERLINK_PORT})" in health
     env = _env(stages, "coordinator")
-    assert env["CANCER_ALPHA_METRICS_PORT"] == "9100"
-    assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/var/lib/cancer-alpha/")
+    assert env["CANCER_ALPHA_METRICS_PORT"] == str(METRICS_PORT)
+    assert env["CANCER_ALPHA_METRICS_ADDR"] == "0.0.0.0"  # scraped from outside
+    # `coordinator start` sets PROMETHEUS_MULTIPROC_DIR (STATE_DIR/metrics) itself
+    assert "PROMETHEUS_MULTIPROC_DIR" not in env
+
+
+def test_default_commands_parse_with_the_real_cli(monkeypatch):
+    """Each image's default command line, with the image's environment, parses with the
+    real Typer app; the coordinator's then submits the app copied into the image."""
+    stages = dockerfile_stages()
+    params = {t: _parse_cli(_image_cmd(t), _env(stages, t), monkeypatch)[1] for t in TARGETS}
+    coord = params["coordinator"]
+    assert coord["keep_alive"] is True
+    assert coord["app_dir"] == Path(APP_DIR)
+    assert coord["pki_dir"] == Path("/etc/cancer-alpha/certs")
+    assert coord["state_dir"] == Path("/var/lib/cancer-alpha")
+    assert (coord["port"], coord["metrics_port"], coord["metrics_addr"]) == (
+        SUPERLINK_PORT, METRICS_PORT, "0.0.0.0")
+    assert params["site"]["config"] == Path("/etc/cancer-alpha/site.toml")
+
+
+def test_coordinator_image_carries_the_flower_app():
+    """`coordinator start` runs `flwr run APP_DIR`: the image holds the project's source
+    tree there (pyproject.toml, README.md, every package), owned by root."""
+    stages = dockerfile_stages()
+    env = _env(stages, "coordinator")
+    assert env["CANCER_ALPHA_APP"] == APP_DIR
+    for target in ("site", "serve"):
+        assert "CANCER_ALPHA_APP" not in _env(stages, target)
+    copied = set()
+    for keyword, rest in stages["coordinator"]:
+        if keyword == "COPY":
+            assert not rest.startswith("--"), f"COPY {rest}: plain copy from the context"
+            *sources, dest = rest.split()
+            assert dest.rstrip("/") == APP_DIR or dest.startswith(APP_DIR + "/"), dest
+            for src in sources:
+                target = dest if len(sources) == 1 and not dest.endswith("/") else (
+                    f"{dest.rstrip('/')}/{src}")
+                assert target == f"{APP_DIR}/{src}", (src, dest)
+                copied.add(src)
+    assert copied == _app_sources()
+
+
+def _app_sources() -> set[str]:
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]["include"]
+    return {"pyproject.toml", "README.md", *(p.rstrip("*") for p in packages)}
+
+
+@pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")
+def test_the_copied_app_is_a_flower_app(tmp_path):
+    """What the coordinator image holds in APP_DIR builds into a Flower app bundle
+    (what `flwr run` submits), read-only as in the image."""
+    from flwr.cli.build import build_fab_from_disk
+
+    app = tmp_path / "app"
+    app.mkdir()
+    for src in _app_sources():
+        if (REPO / src).is_dir():
+            shutil.copytree(REPO / src, app / src,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy(REPO / src, app / src)
+    modes = {p: p.stat().st_mode for p in [app, *app.rglob("*")]}
+    try:
+        for path in modes:
+            path.chmod(modes[path] & ~0o222)
+        fab = build_fab_from_disk(app)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    import io
+    import zipfile
+
+    names = set(zipfile.ZipFile(io.BytesIO(fab)).namelist())
+    assert {"pyproject.toml", "server/app.py", "client/app.py"} <= names
+
+
+def test_no_separate_control_or_serverappio_port_anywhere():
+    """Flower 1.41 has one SuperLink port: 9093 (Control API) and 9091 (ServerAppIo) of
+    older versions must not be exposed, published, admitted or documented in deploy/."""
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file():
+            text = path.read_text()
+            for port in ("9093", "9091"):
+                assert not re.search(rf"\b{port}\b", text), f"{path}: port {port}"
 
 
 # ---------------------------------------------------------------- Compose
@@ -239,6 +496,45 @@ def _host_path(source: str) -> Path | None:
     if m:
         source = m.group(1) + m.group(2)
     return COMPOSE_DIR / source if source.startswith(".") else None
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    """A consortium PKI as `cancer-alpha pki init` / `pki issue-site` make it."""
+    root = tmp_path_factory.mktemp("pki") / "pki"
+    pki = init_pki(root, ["coordinator", "coordinator.cancer-alpha.svc"])
+    for site in SITES:
+        issue_site(pki, site)
+    return pki
+
+
+def _service_command(name: str) -> tuple[list[str], dict[str, str]]:
+    """A Compose service built from our Dockerfile: its full command line and env."""
+    service = compose()["services"][name]
+    target = service["build"]["target"]
+    stages = dockerfile_stages()
+    (entry,) = [json.loads(a) for k, a in stages["runtime"] if k == "ENTRYPOINT"]
+    cmd = service.get("command") or _image_cmd(target)[len(entry):]
+    assert isinstance(cmd, list), f"{name}: command as a list (no shell parsing)"
+    env = {**_env(stages, target), **{k: str(v) for k, v in
+                                     service.get("environment", {}).items()}}
+    return [*entry, *cmd], env
+
+
+def _materialize(mounts: dict[str, tuple[str, bool]], host_root: Path, root: Path) -> None:
+    """Copy the bind mounts under certs/ (from ``host_root`` standing in for the Compose
+    directory) to where the container sees them, under ``root``."""
+    for target, (source, _ro) in mounts.items():
+        host = _host_path(source)
+        if host is None or host.relative_to(COMPOSE_DIR).parts[0] != "certs":
+            continue
+        src = host_root / host.relative_to(COMPOSE_DIR)
+        dest = root / target.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dest)
+        else:
+            shutil.copy(src, dest)
 
 
 def test_compose_services_and_builds():
@@ -288,8 +584,74 @@ def test_compose_sites_reach_only_the_coordinator():
         mounts = _mounts(svc)
         assert mounts["/data"][1], "data are mounted read-only"
         assert not mounts["/var/lib/cancer-alpha"][1]
-    for published in services["coordinator"]["ports"] + services["grafana"]["ports"]:
-        assert published.startswith("127.0.0.1:")
+    for name in ("coordinator", "prometheus", "grafana"):
+        for published in services[name]["ports"]:
+            assert published.startswith("127.0.0.1:"), (name, published)
+
+
+def test_compose_commands_parse_with_the_real_cli(monkeypatch):
+    services = compose()["services"]
+    ours = [n for n, s in services.items() if "build" in s]
+    assert sorted(ours) == sorted(["coordinator", *SITES])
+    for name in ours:
+        argv, env = _service_command(name)
+        path, params = _parse_cli(argv, env, monkeypatch)
+        mounts = _mounts(services[name])
+        if name == "coordinator":
+            assert path == ["coordinator", "start"]
+            # one federation, then the SuperLink stays up (restart: unless-stopped)
+            assert params["keep_alive"] is True
+            assert params["app_dir"] == Path(APP_DIR)  # copied into the image
+            assert (params["port"], params["metrics_port"], params["metrics_addr"]) == (
+                SUPERLINK_PORT, METRICS_PORT, "0.0.0.0")
+            assert params["pki_dir"] == Path("/etc/cancer-alpha/certs")
+            assert not mounts[params["state_dir"].as_posix()][1], "state is writable"
+        else:
+            assert path == ["site", "start"]
+            assert params["config"].as_posix() in mounts
+
+
+def test_compose_publishes_only_the_superlink_port_locally():
+    services = compose()["services"]
+    # run submission (`flwr run`, Control API) goes through the SuperLink port itself
+    assert services["coordinator"]["ports"] == [
+        f"127.0.0.1:{SUPERLINK_PORT}:{SUPERLINK_PORT}"]
+
+
+def test_compose_coordinator_pki_holds_every_site_public_key(pki, tmp_path):
+    """The coordinator's mounted PKI directory, assembled from the operator's certs/
+    (laid out as deploy/README.md says), is one `coordinator start` accepts: server
+    files valid, and sites/<id>/site.pub of each site, matching that site's private key."""
+    host = tmp_path / "compose"
+    (host / "certs" / "coordinator").mkdir(parents=True)
+    for name in ("ca.crt", "server.crt", "server.key"):
+        shutil.copy(pki.root / name, host / "certs" / "coordinator" / name)
+    for site in SITES:
+        shutil.copytree(pki.site_dir(site), host / "certs" / site)
+    services = compose()["services"]
+    _, env = _service_command("coordinator")
+    coord_root = tmp_path / "coordinator"
+    coord_mounts = _mounts(services["coordinator"])
+    _materialize(coord_mounts, host, coord_root)
+    coord_pki = Pki(coord_root / env["CANCER_ALPHA_CERTS_DIR"].lstrip("/"))
+    check_server_files(coord_pki.ca_cert, coord_pki.server_cert, coord_pki.server_key)
+    assert sorted(coord_pki.authorized_sites()) == sorted(SITES)
+    # only public material besides the server's own key: no CA key, no site key
+    keys = sorted(p.name for p in coord_root.rglob("*.key"))
+    assert keys == ["server.key"], keys
+    assert all(ro for target, (_, ro) in coord_mounts.items() if target.startswith("/etc/"))
+    for site in SITES:
+        site_root = tmp_path / site
+        mounts = _mounts(services[site])
+        _materialize(mounts, host, site_root)
+        cfg_host = _host_path(mounts["/etc/cancer-alpha/site.toml"][0])
+        cfg = parse_site_config(tomllib.loads(cfg_host.read_text()), cfg_host.parent,
+                                check_files=False)
+        private = load_private_key(site_root / cfg.private_key.as_posix().lstrip("/"))
+        registered = load_site_public_key(coord_pki.site_public_key(cfg.site_id))
+        assert registered.public_numbers() == private.public_key().public_numbers(), site
+        assert (site_root / cfg.root_certificates.as_posix().lstrip("/")).read_bytes() == (
+            coord_pki.ca_cert.read_bytes())
 
 
 def test_compose_site_configs_match_their_mounts():
@@ -299,11 +661,13 @@ def test_compose_site_configs_match_their_mounts():
         mounts = _mounts(svc)
         cfg_host = _host_path(mounts["/etc/cancer-alpha/site.toml"][0])
         cfg = tomllib.loads(cfg_host.read_text())
+        # the format `site start` reads (unknown sections or keys are errors)
+        parse_site_config(cfg, cfg_host.parent, source=cfg_host, check_files=False)
         ids.add(cfg["site"]["id"])
         assert cfg["site"]["id"] == site
         assert cfg["site"]["data-dir"] in mounts
         assert cfg["site"]["state-dir"] in mounts
-        assert cfg["coordinator"]["address"] == "coordinator:9092"
+        assert cfg["coordinator"]["address"] == f"coordinator:{SUPERLINK_PORT}"
         for path in cfg["tls"].values():
             assert Path(path).parent.as_posix() in mounts, path
         assert cfg["privacy"]["epsilon"] > 0
@@ -421,11 +785,12 @@ def test_schema_validation_rejects_a_broken_manifest():
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory) -> dict[str, list[dict]]:
+def rendered(tmp_path_factory, pki) -> dict[str, list[dict]]:
     """Every kustomization entry point rendered by `kubectl kustomize`, offline.
 
-    Rendered in a copy of deploy/k8s where each secretGenerator file exists (the real
-    certificates are the operator's and never in the repository).
+    Rendered in a copy of deploy/k8s where each secretGenerator file exists: the
+    coordinator's and the sites' from a PKI made by `pki init` / `pki issue-site` (the
+    real certificates are the operator's and never in the repository).
     """
     kubectl = _tool("kubectl")
     root = tmp_path_factory.mktemp("k8s") / "k8s"
@@ -434,10 +799,23 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     for entry in K8S_ENTRY_POINTS:
         kustomization = yaml.safe_load((root / entry / "kustomization.yaml").read_text())
         for gen in kustomization.get("secretGenerator", []):
-            for f in gen["files"]:
+            for spec in gen["files"]:
+                f = spec.split("=", 1)[-1]  # "key=path" or "path"
                 assert f.startswith("certs/"), f"{entry}: secrets come from certs/ only"
-                (root / entry / f).parent.mkdir(parents=True, exist_ok=True)
-                (root / entry / f).write_text(f"test material for {f}\n")
+                dest = root / entry / f
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                rel = Path(f).relative_to("certs")
+                if entry == "coordinator":  # certs/ mirrors the coordinator's PKI directory
+                    source = pki.root / rel
+                elif entry.startswith("site/overlays/"):  # a site's bundle
+                    source = pki.site_dir(Path(entry).name) / rel
+                else:
+                    source = None
+                if source is not None:
+                    assert source.is_file(), f"{entry}: {f} is not what `pki` makes"
+                    shutil.copy(source, dest)
+                else:
+                    dest.write_text(f"test material for {f}\n")
         proc = subprocess.run([kubectl, "kustomize", str(root / entry)], capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0, f"{entry}: {proc.stderr}"
@@ -533,7 +911,7 @@ def _pod_specs_labels(resources: list[dict]) -> dict[str, str]:
     return workload["spec"]["template"]["metadata"]["labels"]
 
 
-def test_coordinator_admits_sites_on_the_fleet_api_only(rendered):
+def test_coordinator_admits_sites_and_prometheus_only(rendered):
     coordinator = rendered["coordinator"]
     (policy,) = _of_kind(coordinator, "NetworkPolicy")
     spec = policy["spec"]
@@ -542,23 +920,148 @@ def test_coordinator_admits_sites_on_the_fleet_api_only(rendered):
     by_port = {}
     for rule in spec["ingress"]:
         (port,) = rule["ports"]
+        assert port["port"] not in by_port, "one rule per port"
         by_port[port["port"]] = rule["from"]
-    assert set(by_port) == {9092, 9093, 9100}
-    assert by_port[9092] == [{"namespaceSelector": {"matchLabels": {
-        "cancer-alpha/role": "site"}}}]
+    # 9092 carries the Control API too (no account authentication): sites only
+    assert by_port == {
+        SUPERLINK_PORT: [{"namespaceSelector": {"matchLabels": {"cancer-alpha/role": "site"}}}],
+        METRICS_PORT: [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "monitoring"}}}],
+    }
     assert [p["port"] for r in spec["egress"] for p in r["ports"]] == [53, 53]
     (service,) = _of_kind(coordinator, "Service")
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {
-        "fleet": 9092, "control": 9093, "metrics": 9100}
+        "superlink": SUPERLINK_PORT, "metrics": METRICS_PORT}
+    (workload,) = _of_kind(coordinator, "StatefulSet")
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"superlink": SUPERLINK_PORT, "metrics": METRICS_PORT}
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["tcpSocket"]["port"] == "superlink"
+    annotations = workload["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(METRICS_PORT)
     # every site dials exactly this Service
-    address = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc:9092"
+    address = (f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc:"
+               f"{SUPERLINK_PORT}")
     for site in SITES:
         (cm,) = _of_kind(rendered[f"site/overlays/{site}"], "ConfigMap")
         cfg = tomllib.loads(cm["data"]["site.toml"])
         assert cfg["site"]["id"] == site
         assert cfg["coordinator"]["address"] == address
-    (secret,) = _of_kind(coordinator, "Secret")
-    assert set(secret["data"]) == {"ca.crt", "server.crt", "server.key"}
+
+
+def _container_env(container: dict, image_target: str) -> dict[str, str]:
+    """The container's environment: the image's ENV, then the manifest's env (values from
+    Secrets stand in as placeholders)."""
+    env = dict(_env(dockerfile_stages(), image_target))
+    for var in container.get("env", []):
+        env[var["name"]] = var.get("value", f"<{var['name']} from a Secret>")
+    return env
+
+
+def _k8s_command(container: dict) -> list[str]:
+    (entry,) = [json.loads(a) for k, a in dockerfile_stages()["runtime"] if k == "ENTRYPOINT"]
+    return [*container.get("command", entry), *container["args"]]
+
+
+def test_k8s_commands_parse_with_the_real_cli(rendered, monkeypatch):
+    for resources in rendered.values():
+        (spec,) = _pod_specs(resources)
+        (container,) = spec["containers"]
+        target = container["image"].split(":")[0].removeprefix("cancer-alpha-")
+        assert target in TARGETS, container["image"]
+        argv, env = _k8s_command(container), _container_env(container, target)
+        path, params = _parse_cli(argv, env, monkeypatch)
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        if target == "coordinator":
+            assert path == ["coordinator", "start"]
+            # a long-running service: one federation, then the SuperLink stays up
+            assert params["keep_alive"] is True
+            assert params["app_dir"] == Path(APP_DIR)  # copied into the image
+            assert (params["port"], params["metrics_port"], params["metrics_addr"]) == (
+                SUPERLINK_PORT, METRICS_PORT, "0.0.0.0")
+            assert mounts[params["pki_dir"].as_posix()]["readOnly"] is True
+            assert not mounts[params["state_dir"].as_posix()].get("readOnly")
+        elif target == "site":
+            assert path == ["site", "start"]
+            assert params["config"].as_posix() in mounts
+        else:
+            from server.serving.settings import ServingSettings
+
+            assert path == ["serve"]
+            settings = ServingSettings.load(env={k: v for k, v in env.items()
+                                                 if k.startswith("CANCER_ALPHA_")})
+            assert settings.model == "/models/current"
+            assert settings.auth.secret and settings.database_url.startswith("<")
+
+
+def _secret_volume_files(resources: list[dict], volume_name: str) -> tuple[str, dict]:
+    """(mount path, {relative path: bytes}) of a Secret volume as the pod sees it."""
+    (spec,) = _pod_specs(resources)
+    (volume,) = [v for v in spec["volumes"] if v["name"] == volume_name]
+    (mount,) = [m for c in spec["containers"] for m in c["volumeMounts"]
+                if m["name"] == volume_name]
+    assert "subPath" not in mount
+    secrets = {s["metadata"]["name"]: s for s in _of_kind(resources, "Secret")}
+    data = {k: base64.b64decode(v) for k, v in
+            secrets[volume["secret"]["secretName"]]["data"].items()}
+    items = volume["secret"].get("items")
+    if items is None:
+        return mount["mountPath"], data
+    assert {i["key"] for i in items} == set(data), "every key of the Secret is mounted"
+    return mount["mountPath"], {i["path"]: data[i["key"]] for i in items}
+
+
+def test_k8s_coordinator_pki_holds_every_site_public_key(rendered, tmp_path, monkeypatch):
+    """The coordinator's Secret volume is a PKI directory `coordinator start` accepts:
+    server files valid, and sites/<id>/site.pub of each site (flat Secret keys mapped back
+    by `items`), the public half of that site's own key."""
+    coordinator = rendered["coordinator"]
+    (container,) = _pod_specs(coordinator)[0]["containers"]
+    env = _container_env(container, "coordinator")
+    _, params = _parse_cli(_k8s_command(container), env, monkeypatch)
+    mount_path, files = _secret_volume_files(coordinator, "certs")
+    assert Path(mount_path) == params["pki_dir"]
+    assert all("/" not in key for s in _of_kind(coordinator, "Secret") for key in s["data"])
+    root = tmp_path / "coordinator-pki"
+    for rel, content in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(content)
+    coord_pki = Pki(root)
+    check_server_files(coord_pki.ca_cert, coord_pki.server_cert, coord_pki.server_key)
+    assert sorted(coord_pki.authorized_sites()) == sorted(SITES)
+    assert sorted(files) == sorted(["ca.crt", "server.crt", "server.key",
+                                    *(f"sites/{s}/site.pub" for s in SITES)])
+    for site in SITES:
+        resources = rendered[f"site/overlays/{site}"]
+        (cm,) = _of_kind(resources, "ConfigMap")
+        cfg = parse_site_config(tomllib.loads(cm["data"]["site.toml"]), Path("/"),
+                                check_files=False)
+        site_mount, site_files = _secret_volume_files(resources, "certs")
+        site_root = tmp_path / site
+        for rel, content in site_files.items():
+            (site_root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (site_root / rel).write_bytes(content)
+        key = load_private_key(site_root / cfg.private_key.relative_to(site_mount))
+        registered = load_site_public_key(coord_pki.site_public_key(cfg.site_id))
+        assert registered.public_numbers() == key.public_key().public_numbers(), site
+        assert (site_root / cfg.root_certificates.relative_to(site_mount)).read_bytes() == (
+            coord_pki.ca_cert.read_bytes())
+
+
+def test_k8s_site_configs_load(rendered):
+    for site in SITES:
+        resources = rendered[f"site/overlays/{site}"]
+        (cm,) = _of_kind(resources, "ConfigMap")
+        cfg = parse_site_config(tomllib.loads(cm["data"]["site.toml"]), Path("/"),
+                                check_files=False)
+        (spec,) = _pod_specs(resources)
+        mounts = {m["mountPath"]: m for c in spec["containers"] for m in c["volumeMounts"]}
+        assert mounts[cfg.data_dir.as_posix()]["readOnly"] is True
+        assert not mounts[cfg.state_dir.as_posix()].get("readOnly")
+        for path in (cfg.root_certificates, cfg.private_key, cfg.public_key):
+            assert path.parent.as_posix() in mounts, path
 
 
 def test_inference_service_scales_and_ends_tls_at_the_ingress(rendered):
@@ -581,7 +1084,10 @@ def test_inference_service_scales_and_ends_tls_at_the_ingress(rendered):
     backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
     assert backend["name"] == service["metadata"]["name"]
     (policy,) = _of_kind(resources, "NetworkPolicy")
-    assert policy["spec"]["egress"] == []
+    # Out: DNS and the registry / audit-log database only.
+    egress_ports = sorted((p["protocol"], p["port"]) for rule in policy["spec"]["egress"]
+                          for p in rule["ports"])
+    assert egress_ports == [("TCP", 53), ("TCP", 5432), ("UDP", 53)]
     assert {p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]} == {8000}
 
 

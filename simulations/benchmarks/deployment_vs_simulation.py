@@ -169,7 +169,12 @@ def run_deployment(cfg: RunConfig, out: Path, data_dir: Path, data_root: Path) -
                 f'num-partitions = {cfg.sites}\npartition = "{cfg.partition}"\n')
             spawn(site, [PY, "-m", "simulations.cli", "site", "start", "--config", str(toml),
                          "--quiet", "--skip-checks"])
-        code = coordinator.wait(3600)
+        site_procs = procs[-len(sites):]
+        while (code := coordinator.poll()) is None:
+            if all(p.poll() is not None for p in site_procs):
+                raise RuntimeError("every site stopped:\n" + "\n".join(
+                    (logs / f"{site}.log").read_text()[-1500:] for site in sites))
+            time.sleep(0.5)
         wall = time.perf_counter() - started
         if code != 0:
             raise RuntimeError("the deployment run failed:\n"
@@ -352,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
                     round_patience=args.rounds + 1,  # equal rounds in both engines
                     model=ModelConfig(d_model=args.d_model, n_heads=args.n_heads, n_layers=1,
                                       tokens_per_modality=2))
+    args.out = args.out.resolve()  # site.toml paths are read relative to the file
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{args.sites} sites, {args.rounds} rounds, {args.local_epochs} local epoch(s), "
           f"d_model {args.d_model}; {os.cpu_count()} CPU(s)", flush=True)
