@@ -44,6 +44,9 @@ def simulate(
     cfg = replace(cfg, out=str(run_dir))
     overrides = cfg.to_flower()
     n_sites = len(fed.plan.sites)
+    if cfg.secagg and n_sites < 3:
+        raise ValueError(f"secure aggregation needs at least 3 sites; the {cfg.partition} "
+                         f"partition has {n_sites}")
     logger.info("simulating %d hospitals (%s partition), %d rounds -> %s",
                 n_sites, cfg.partition, cfg.rounds, run_dir)
     with _RoundProgress(cfg.rounds, enabled=show_progress) as progress:

@@ -189,3 +189,19 @@ def test_each_aggregate_is_the_weighted_mean_of_the_finished_sites(secure_run):
     assert any(np.abs(e).max() > 1e-3 for e in expected)  # training moved the weights
     for e, g in zip(expected, got, strict=True):
         np.testing.assert_allclose(g, e, atol=1e-4)
+
+
+def test_secagg_with_two_sites_is_refused_before_training(bundled_dir):
+    from simulations.runner import simulate
+
+    cfg = RunConfig(data=str(bundled_dir("brca")), partition="iid", sites=2, rounds=1,
+                    secagg=True)
+    with pytest.raises(ValueError, match="at least 3 sites; the iid partition has 2"):
+        simulate(cfg, compare=False, show_progress=False)
+
+
+def test_secagg_refuses_central_dp_and_server_momentum():
+    with pytest.raises(ValueError, match="central DP must clip"):
+        RunConfig(secagg=True, dp="central")
+    with pytest.raises(ValueError, match="plain weighted mean"):
+        RunConfig(secagg=True, strategy="fedavgm")
