@@ -53,6 +53,7 @@ from common.pki import (
     public_key_fingerprint,
     write_atomic,
 )
+from common.processes import stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -224,18 +225,6 @@ def _refuse_stale_superlink(cfg: CoordinatorConfig) -> None:
             raise CoordinatorError(
                 f"a SuperLink started from {cfg.state_dir} is still running (PID {pid}); "
                 f"stop it first (kill {pid}) or use another --state-dir")
-
-
-def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,14 @@ from pathlib import Path
 import pytest
 
 from common.pki import Pki, init_pki, issue_site, revoke_site
+from common.processes import (
+    command_line,
+    free_port,
+    process_tree,
+    processes_mentioning,
+    send_signal,
+    stop_pids,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -39,50 +46,6 @@ SITES = ("site-a", "site-b", "site-c")
 RUN_OPTIONS = ["--local-epochs", "1",
                "--run-config", "model.d-model=32 model.n-heads=2 train.batch-size=32"]
 TIMEOUT = 420.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants, parents first."""
-    tree, out, todo = _children(), [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(tree.get(p, []))
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    return [int(e.name) for e in Path("/proc").iterdir()
-            if e.name.isdigit() and int(e.name) != os.getpid() and text in _cmdline(int(e.name))]
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +63,8 @@ class Consortium:
 
     def __init__(self, root: Path, pki: Pki, data: Path) -> None:
         self.root, self.pki, self.data = root, pki, data
-        self.port = _free_port()
-        self.metrics_port = _free_port()
+        self.port = free_port()
+        self.metrics_port = free_port()
         self.state = root / "coordinator"
         self.procs: list[subprocess.Popen] = []
         self.logs: dict[int, Path] = {}
@@ -122,7 +85,7 @@ class Consortium:
             f'device = "cpu"\n\n[coordinator]\naddress = "127.0.0.1:{self.port}"\n\n'
             f'[tls]\nroot-certificates = "{self.pki.ca_cert}"\n'
             f'private-key = "{key or self.pki.site_private_key(site)}"\n\n'
-            f"[supernode]\nport = {_free_port()}\n\n"
+            f"[supernode]\nport = {free_port()}\n\n"
             f"[demo]\npartition-id = {partition}\nnum-partitions = {len(SITES)}\n")
         return path
 
@@ -176,17 +139,11 @@ class Consortium:
 
     def kill(self, proc: subprocess.Popen) -> None:
         """SIGKILL a process and everything it started: a crash, not a shutdown."""
-        _signal(_tree(proc.pid), signal.SIGKILL)
+        send_signal(process_tree(proc.pid), signal.SIGKILL)
         proc.wait(30)
 
     def stop_all(self) -> None:
-        pids = [p for proc in self.procs for p in _tree(proc.pid)]
-        _signal(pids, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(
-                Path(f"/proc/{p}").exists() and _cmdline(p) for p in pids):
-            time.sleep(0.3)
-        _signal(pids, signal.SIGKILL)
+        stop_pids([p for proc in self.procs for p in process_tree(proc.pid)], grace=15)
         for proc in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(10)
@@ -202,9 +159,9 @@ def consortium(tmp_path, pki, bundled_dir):
         yield c
     finally:
         c.stop_all()
-    leftover = _processes_mentioning(str(tmp_path))
-    _signal(leftover, signal.SIGKILL)
-    assert not leftover, [_cmdline(p) for p in leftover]
+    leftover = processes_mentioning(str(tmp_path))
+    send_signal(leftover, signal.SIGKILL)
+    assert not leftover, [command_line(p) for p in leftover]
 
 
 def _train_sites(record: dict) -> set[str]:
@@ -260,9 +217,9 @@ def test_unknown_revoked_keyless_and_plaintext_nodes_are_refused(consortium, tmp
                  "--max-retries", "1", "--max-wait-time", "20"]
     keyless = consortium._spawn("keyless", [
         *supernode, "--root-certificates", str(consortium.pki.ca_cert),
-        "--port", str(_free_port())])
+        "--port", str(free_port())])
     plaintext = consortium._spawn("plaintext", [*supernode, "--insecure",
-                                                "--port", str(_free_port())])
+                                                "--port", str(free_port())])
     for proc in (stranger, revoked):
         assert consortium.wait(proc, 120) != 0
         log = consortium.log(proc)
@@ -305,7 +262,7 @@ def test_site_killed_mid_round_run_completes_and_site_rejoins(consortium):
 
     def training() -> bool:  # a ClientApp of round 1 is running at site-c
         return "configure_train" in consortium.log(coordinator, 400) and any(
-            "flwr-clientapp" in _cmdline(p) for p in _tree(victim.pid))
+            "flwr-clientapp" in command_line(p) for p in process_tree(victim.pid))
 
     _wait_for(training, 240, "round 1 training at site-c", coordinator, consortium)
     consortium.kill(victim)

@@ -6,49 +6,21 @@ it (and anything it started) by the unique FLWR_HOME in its command line and sto
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from common.paths import bundled_data_root
+from common.processes import processes_mentioning, stop_pids
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if text in cmdline and int(entry.name) != os.getpid():
-            pids.append(int(entry.name))
-    return pids
-
-
-def _stop(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def test_flwr_run_trains_and_writes_a_run_directory(tmp_path):
@@ -84,11 +56,11 @@ def test_flwr_run_trains_and_writes_a_run_directory(tmp_path):
             env=env, capture_output=True, text=True, timeout=600,
         )
     finally:
-        _stop(_processes_mentioning(str(home)))
+        stop_pids(processes_mentioning(str(home)))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["rounds_run"] == 2
     assert len(metrics["sites"]) == 3
     assert 0.0 <= metrics["f1_macro"] <= 1.0
     assert (out / "model" / "weights.pt").is_file()
-    assert not _processes_mentioning(str(home))
+    assert not processes_mentioning(str(home))

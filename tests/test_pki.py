@@ -32,6 +32,7 @@ from common.pki import (
     server_names,
     write_atomic,
 )
+from common.processes import free_port
 
 
 def _mode(path: Path) -> int:
@@ -194,9 +195,7 @@ def test_probe_explains_wrong_ca_and_expired_certificate(pki, tmp_path):
             probe_tls(server.address, pki.ca_cert)
     finally:
         server.close()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    closed = f"127.0.0.1:{free_port()}"
     with pytest.raises(PkiError, match="cannot reach the coordinator"):
         probe_tls(closed, pki.ca_cert)
 

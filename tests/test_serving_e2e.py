@@ -11,7 +11,6 @@ import concurrent.futures
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,17 +23,13 @@ import pandas as pd
 import pytest
 from test_serving_helpers import patient_json
 
+from common.processes import free_port, stop_process
+
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = Path(__file__).resolve().parents[1]
 ROLES = ("admin", "lead", "researcher", "site")
 START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -100,12 +95,7 @@ def server(brca_run, tmp_path_factory) -> Any:
             yield {"client": client, "tokens": tokens, "ref": ref, "env": env, "pid": proc.pid,
                    **brca_run}
     finally:
-        os.kill(proc.pid, signal.SIGTERM)  # stopped by its PID, gracefully
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process(proc, grace=30)  # by its PID: SIGTERM, SIGKILL after 30 s
         log.close()
 
 

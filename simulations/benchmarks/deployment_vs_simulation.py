@@ -39,8 +39,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -50,6 +48,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from common.config import ModelConfig, RunConfig
+from common.processes import free_port, process_tree, stop_pids
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -60,12 +59,6 @@ REPLY_POLL_INTERVAL = 0.5  # SuperNode waits for the ClientApp's reply
 # The round loop's own exchange (server.federation.exchange) polls for replies at most
 # every 1 s (Flower's Grid.send_and_receive: 3 s in deployment, 0.1 s in simulation).
 REPLY_COLLECT_INTERVAL = 1.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _round_seconds(metrics: dict) -> list[float]:
@@ -85,32 +78,8 @@ def run_simulation(cfg: RunConfig, out: Path) -> dict:
 
 
 # --- deployment engine ------------------------------------------------------------------
-def _tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
 def _stop(procs: list[subprocess.Popen]) -> None:
-    pids = [p for proc in procs for p in _tree(proc.pid)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 10
-        while sig == signal.SIGTERM and time.monotonic() < deadline and any(
-                Path(f"/proc/{p}/cmdline").exists() and Path(f"/proc/{p}/cmdline").read_bytes()
-                for p in pids):
-            time.sleep(0.3)
+    stop_pids([p for proc in procs for p in process_tree(proc.pid)])
     for proc in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10)
@@ -126,7 +95,7 @@ def run_deployment(cfg: RunConfig, out: Path, data_dir: Path, data_root: Path) -
     sites = [f"site-{i}" for i in range(cfg.sites)]
     for site in sites:
         issue_site(pki, site)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "CANCER_ALPHA_DATA": str(data_root),
            "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     flat = cfg.to_flower()
@@ -165,7 +134,7 @@ def run_deployment(cfg: RunConfig, out: Path, data_dir: Path, data_root: Path) -
                 f'device = "cpu"\n\n[coordinator]\naddress = "127.0.0.1:{port}"\n\n'
                 f'[tls]\nroot-certificates = "{pki.ca_cert}"\n'
                 f'private-key = "{pki.site_private_key(site)}"\n\n'
-                f"[supernode]\nport = {_free_port()}\n\n[demo]\npartition-id = {i}\n"
+                f"[supernode]\nport = {free_port()}\n\n[demo]\npartition-id = {i}\n"
                 f'num-partitions = {cfg.sites}\npartition = "{cfg.partition}"\n')
             spawn(site, [PY, "-m", "simulations.cli", "site", "start", "--config", str(toml),
                          "--quiet", "--skip-checks"])

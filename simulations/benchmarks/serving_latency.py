@@ -29,8 +29,6 @@ import asyncio
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from common.processes import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,9 +112,7 @@ def start_server(model_dir: Path, workdir: Path, workers: int, threads: int) -> 
     rec = registry.add(model_dir, name="bench", actor=Actor("benchmark", "admin"))
     registry.promote(rec.ref, actor=Actor("benchmark", "admin"))
     tokens = TokenService(ServingSettings.load(env=env).auth)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = (workdir / "server.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "server.serving", "serve", "--port", str(port), "--model",
@@ -139,12 +137,7 @@ def start_server(model_dir: Path, workdir: Path, workers: int, threads: int) -> 
 
 
 def stop_server(server: Server) -> None:
-    os.kill(server.proc.pid, signal.SIGTERM)
-    try:
-        server.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.kill(server.proc.pid, signal.SIGKILL)
-        server.proc.wait()
+    stop_process(server.proc, grace=30)
 
 
 # ------------------------------------------------------------------------- load client
