@@ -28,6 +28,7 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,16 +53,13 @@ def configurations(epsilons: list[float]) -> dict[str, dict]:
     return rows
 
 
-def build_config(data: str, seed: int, out: Path, spec: dict) -> RunConfig:
+def build_config(data: str, seed: int, out: Path, spec: dict, state_dir: str) -> RunConfig:
+    """``spec``'s run: ``preset`` picks the model and schedule, ``dp`` the privacy mode."""
     spec = dict(spec)
-    preset = spec.pop("preset", spec["dp"])
     dp = spec.pop("dp")
+    preset = spec.pop("preset", dp)
     cfg = RunConfig.for_privacy(preset, data=data, seed=seed, out=str(out), **spec)
-    if dp != preset:  # the DP model and schedule, another DP mode (or none)
-        from dataclasses import replace
-
-        cfg = replace(cfg, dp=dp)
-    return cfg
+    return replace(cfg, dp=dp, state_dir=state_dir, max_noise_multiplier=100.0)
 
 
 def run_seed(data: str, seed: int, out: Path, rows: dict[str, dict]) -> dict:
@@ -71,10 +69,7 @@ def run_seed(data: str, seed: int, out: Path, rows: dict[str, dict]) -> dict:
     for name, spec in rows.items():
         slug = name.replace(" ", "_").replace(",", "").replace("+", "")
         with tempfile.TemporaryDirectory(prefix="ledgers-") as state:
-            cfg = build_config(data, seed, out / slug, spec)
-            from dataclasses import replace
-
-            cfg = replace(cfg, state_dir=state, max_noise_multiplier=100.0)
+            cfg = build_config(data, seed, out / slug, spec, state)
             started = time.perf_counter()
             run_dir = simulate(cfg, compare=False, show_progress=False)
             wall = time.perf_counter() - started
