@@ -5,13 +5,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from client.secagg import secagg_when_requested
 from common.config import RunConfig
-from common.protocol import ARRAYS, CONFIG, METRICS, SITE, RoundConfig, refusal, site_record
+from common.consortium_setup import SETUP, ConsortiumSetup, SetupMissing, acknowledgement
+from common.protocol import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    QUERY_KIND,
+    SITE,
+    RoundConfig,
+    refusal,
+    site_record,
+)
 
 
 def build_client_app(
@@ -30,7 +40,7 @@ def build_client_app(
     extra = dict(overrides or {})
     app = ClientApp(mods=list(mods))
 
-    def setup(context: Context):
+    def setup_site(context: Context):
         import torch  # noqa: F401 - Flower converts weights only once torch is imported
 
         from client.site import load_site
@@ -42,7 +52,11 @@ def build_client_app(
     def query(msg: Message, context: Context) -> Message:
         from client.site import describe
 
-        _, site = setup(context)
+        if msg.content[CONFIG].get(QUERY_KIND) == SETUP:
+            setup = ConsortiumSetup.from_records(msg.content)
+            setup.store(context.state)
+            return Message(content=acknowledgement(setup), reply_to=msg)
+        _, site = setup_site(context)
         return Message(content=describe(site).to_record(), reply_to=msg)
 
     @app.train(mods=[secagg_when_requested, *train_mods])
@@ -51,24 +65,29 @@ def build_client_app(
         from client.dp import RoundRefused, site_privacy
         from client.site import initial_state, train_round
 
-        cfg, site = setup(context)
         secure = secagg.is_secure_round(msg.content)
-        if secure:  # SecAgg+: legacy fit format, the reply is masked by the mod
-            rc = RoundConfig.from_record(secagg.round_config_record(msg.content))
-            state = secagg.received_state(msg.content, initial_state(rc, cfg))
+        # SecAgg+: the legacy fit format; the mod masks the reply
+        rc = RoundConfig.from_record(secagg.round_config_record(msg.content) if secure
+                                     else msg.content[CONFIG])
+        try:
+            setup = ConsortiumSetup.stored(context.state, rc.setup_digest)
+        except SetupMissing as exc:
+            return setup_missing_reply(msg, exc)
+        cfg, site = setup_site(context)
+        if secure:
+            state = secagg.received_state(msg.content, initial_state(setup, cfg))
         else:
-            rc = RoundConfig.from_record(msg.content[CONFIG])
             state = msg.content[ARRAYS].to_torch_state_dict()
         privacy = site_privacy(site.name, site.train.n, dict(context.node_config), cfg)
         try:
-            new_state, metrics = train_round(site, state, rc, cfg, privacy=privacy,
+            new_state, metrics = train_round(site, state, setup, rc, cfg, privacy=privacy,
                                              run_id=str(msg.metadata.run_id))
         except RoundRefused as exc:
             content = refusal(site.name, str(exc))
             if secure:  # weight 0: the sum of the others is unchanged
                 secagg.with_masked_update(content, secagg.update_of(state, state), 0)
             return Message(content=content, reply_to=msg)
-        content = RecordDict({METRICS: MetricRecord(metrics), SITE: site_record(site.name)})
+        content = RecordDict({METRICS: metrics.to_record(), SITE: site_record(site.name)})
         if secure:
             secagg.with_masked_update(content, secagg.update_of(new_state, state), site.train.n)
         else:
@@ -79,13 +98,28 @@ def build_client_app(
     def evaluate(msg: Message, context: Context) -> Message:
         from client.site import evaluate_round
 
-        cfg, site = setup(context)
         rc = RoundConfig.from_record(msg.content[CONFIG])
-        metrics = evaluate_round(site, msg.content[ARRAYS].to_torch_state_dict(), rc, cfg)
-        content = RecordDict({METRICS: MetricRecord(metrics), SITE: site_record(site.name)})
+        try:
+            setup = ConsortiumSetup.stored(context.state, rc.setup_digest)
+        except SetupMissing as exc:
+            return setup_missing_reply(msg, exc)
+        cfg, site = setup_site(context)
+        metrics = evaluate_round(site, msg.content[ARRAYS].to_torch_state_dict(), setup, cfg)
+        content = RecordDict({METRICS: metrics.to_record(), SITE: site_record(site.name)})
         return Message(content=content, reply_to=msg)
 
     return app
+
+
+# Flower's code for an error raised by a ClientApp (flwr.common.constant.ErrorCode).
+CLIENT_APP_RAISED_EXCEPTION = 2
+
+
+def setup_missing_reply(msg: Message, exc: SetupMissing) -> Message:
+    """An error reply the coordinator answers by sending the setup again. Returned, not
+    raised: an exception escaping a ClientApp stops a deployed SuperNode (Flower's exit
+    code 800), and the site would leave the federation instead of catching up."""
+    return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=str(exc)), reply_to=msg)
 
 
 app = build_client_app()

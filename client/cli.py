@@ -103,7 +103,7 @@ def check(
 
     _, report = inspect_dataset(directory, split=split, manifest=manifest, schema=schema)
     console = Console()
-    source = report.manifest if report.manifest is not None else "convention (no manifest)"
+    source = report.manifest_summary()
     # Paths and messages are data, not Rich markup: escape them.
     console.print(
         f"[bold]Dataset[/bold] {escape(str(report.directory))}  "
@@ -165,25 +165,27 @@ def budget(
     ),
     delta: float | None = typer.Option(
         None, "--delta", metavar="D",
-        help=f"Delta at which to report epsilon (default {DEFAULT_BUDGET_DELTA:g}).",
+        help="Delta at which to report epsilon (default: the delta the ledger records; "
+        f"{DEFAULT_BUDGET_DELTA:g} for a ledger that records none).",
     ),
     epsilon_budget: float | None = typer.Option(
         None, "--epsilon-budget", metavar="E",
         help="The site's epsilon budget, to show what remains of it.",
     ),
 ) -> None:
-    """Show the privacy ledger: DP-SGD rounds trained and the cumulative epsilon."""
+    """Show the privacy ledger: DP-SGD rounds trained and the cumulative epsilon.
+
+    Exits with code 1 when the epsilon spent exceeds --epsilon-budget.
+    """
     # Imported here so `cancer-alpha --help` stays fast (the accountants import torch).
     from client.privacy import BudgetError, LedgerError, PrivacyBudget, PrivacyLedger, ledger_path
 
     console = Console()
     err = Console(stderr=True)
-    delta_note = ""
-    if delta is None:
-        delta, delta_note = DEFAULT_BUDGET_DELTA, " (default; set it with --delta)"
     try:
         # Validates delta, and epsilon when given, with the same rules as the site's budget.
-        PrivacyBudget(epsilon=1.0 if epsilon_budget is None else epsilon_budget, delta=delta)
+        PrivacyBudget(epsilon=1.0 if epsilon_budget is None else epsilon_budget,
+                      delta=DEFAULT_BUDGET_DELTA if delta is None else delta)
     except BudgetError as e:
         hint = "--delta" if "delta" in str(e) else "--epsilon-budget"
         raise typer.BadParameter(str(e), param_hint=hint) from None
@@ -215,6 +217,7 @@ def budget(
                           f"{e.sample_rate:.4g}", str(e.steps), Text(e.timestamp))
         console.print(table)
 
+    delta, delta_note = _report_delta(delta, ledger.delta, ledger.recorded_deltas())
     summary = ledger.summary(delta)
     spent = summary["epsilon"]
     console.print(f"runs: {len(summary['runs'])}, rounds: {summary['entries']}, "
@@ -225,9 +228,26 @@ def budget(
         if remaining < 0:
             console.print(f"[red bold]budget exceeded[/red bold]: epsilon {spent:.4f} > "
                           f"budget {epsilon_budget:g}")
+            raise typer.Exit(1)
         else:
             console.print(f"budget: epsilon {epsilon_budget:g}, remaining {remaining:.4f} "
                           f"({remaining / epsilon_budget:.0%})")
+
+
+def _report_delta(given: float | None, latest: float | None,
+                  recorded: list[float]) -> tuple[float, str]:
+    """The delta to report epsilon at, and a note saying where it comes from."""
+    if given is not None:
+        if latest is not None and latest != given:
+            return given, f" (given; the ledger accounts at delta {latest:g})"
+        return given, ""
+    if latest is None:
+        return DEFAULT_BUDGET_DELTA, (" (assumed: the ledger records no delta, the default "
+                                      "applies; set it with --delta)")
+    if len(recorded) > 1:
+        others = ", ".join(f"{d:g}" for d in recorded if d != latest)
+        return latest, f" (the ledger's latest delta; other rounds recorded {others})"
+    return latest, " (the ledger's delta)"
 
 
 def _site_config(path: Path) -> SiteConfig:

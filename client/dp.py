@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from common.config import RunConfig
+from common.protocol import DELTA, EPSILON, NOISE_MULTIPLIER
 from common.training import EpochStats
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_STATE_ROOT = Path("runs") / "site-state"
 # Opacus per-sample clipping. Ghost clipping (norms from activations and backprops, then
 # a second reweighted backward) wins on large models: 2.1x a plain step against 9.4x for
 # per-sample hooks on the 2.9 M-parameter default transformer; on the 14 k-parameter
@@ -63,8 +63,7 @@ def site_privacy(
     delta = node_config.get("delta", cfg.delta) or None  # 0 = the site's default 1/(10 n)
     state_dir = node_config.get("state-dir")
     if state_dir is None:  # simulation: one state directory per virtual hospital
-        root = Path(cfg.state_dir) if cfg.state_dir else DEFAULT_STATE_ROOT
-        state_dir = root / site_name
+        state_dir = cfg.site_state_root() / site_name
     budget = PrivacyBudget.for_site(epsilon, None if delta is None else float(delta), n_train)
     ledger = PrivacyLedger.open(ledger_path(Path(state_dir)))
     max_noise = float(node_config.get("max-noise-multiplier", cfg.max_noise_multiplier))
@@ -91,7 +90,8 @@ def train_private(
     from opacus import PrivacyEngine
 
     from client.privacy import BudgetError, LedgerEntry, calibrate_noise, check_round
-    from common.training import WeightedCrossEntropy, train_epochs
+    from common.losses import WeightedCrossEntropy
+    from common.training import train_epochs
 
     # Exactly what Opacus' Poisson loader will do: rate 1/len(loader), len(loader) steps.
     batches = max(1, len(loader))
@@ -132,8 +132,9 @@ def train_private(
     privacy.ledger.record(LedgerEntry(
         run_id=run_id, round=server_round, noise_multiplier=sigma, sample_rate=sample_rate,
         steps=stats.steps, timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+        delta=privacy.budget.delta,
     ))
     spent = privacy.ledger.epsilon(privacy.budget.delta)
     logger.info("round %d: DP-SGD sigma %.3f, q %.3f, %d steps; epsilon %.3f of %.3f",
                 server_round, sigma, sample_rate, stats.steps, spent, privacy.budget.epsilon)
-    return stats, {"epsilon": spent, "noise-multiplier": sigma, "delta": privacy.budget.delta}
+    return stats, {EPSILON: spent, NOISE_MULTIPLIER: sigma, DELTA: privacy.budget.delta}

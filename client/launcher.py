@@ -20,7 +20,6 @@ import datetime as dt
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import offline_flower_env
+from common.atomic import write_text_atomic
+from common.flower import flower_executable, flower_process_env
 from common.pki import (
     PkiError,
     check_private_key_permissions,
@@ -126,24 +126,10 @@ def _data_errors(cfg: SiteConfig, out: Preflight) -> list[str]:
 
 def write_node_config(cfg: SiteConfig) -> Path:
     """The node config TOML in the state directory (0600: it names local paths)."""
-    from common.pki import write_atomic
-
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.state_dir / NODE_CONFIG_FILE
-    write_atomic(path, node_config_toml(cfg.node_config()).encode(), private=True)
+    write_text_atomic(path, node_config_toml(cfg.node_config()), private=True)
     return path
-
-
-def flower_executable(name: str) -> str:
-    """A Flower command next to this Python first (the venv), then on PATH."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH; "
-                                "install the project's dependencies (flwr)")
-    return found
 
 
 def supernode_command(cfg: SiteConfig, node_config: Path) -> list[str]:
@@ -165,13 +151,9 @@ def supernode_command(cfg: SiteConfig, node_config: Path) -> list[str]:
 
 def site_environment(cfg: SiteConfig) -> dict[str, str]:
     """The SuperNode's environment: offline Flower, its own FLWR_HOME, GPU selection."""
-    offline_flower_env()
-    env = dict(os.environ)
+    env = flower_process_env()
     # Flower unpacks each app into FLWR_HOME; keep it with the site's state, not in $HOME.
     env.setdefault("FLWR_HOME", str(cfg.state_dir / "flwr-home"))
-    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-    # The SuperNode starts flower-superexec and flwr-clientapp by name.
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     if cfg.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # never touch a GPU other users may hold
     return env

@@ -11,7 +11,7 @@ Where a site finds its data comes from its node config only:
   hospitals, built exactly as the simulation engine builds it (the global test split is
   held out and given to no site). Which slice a node holds is node configuration.
 * ``partition-id`` alone (simulation): hospital number ``partition-id`` of the simulated
-  federation described by the run config (see :mod:`common.federation`).
+  federation described by the run config (see :mod:`common.simulated_federation`).
 
 Optional ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:1``, ...) overrides the run
 config's ``train.device`` on this site only.
@@ -23,14 +23,25 @@ import logging
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from common.config import RunConfig
-from common.data import MultiOmicsData
+from common.consortium_setup import ConsortiumSetup
+from common.dataset.multiomics import MultiOmicsData
 from common.preprocessing import FeatureStats
-from common.protocol import NUM_EXAMPLES, VAL_EXAMPLES, RoundConfig, SiteDescription
+from common.protocol import (
+    DELTA,
+    EPSILON,
+    NOISE_MULTIPLIER,
+    RoundConfig,
+    SiteDescription,
+    SiteMetrics,
+)
+
+if TYPE_CHECKING:
+    from client.dp import SitePrivacy
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +71,7 @@ def load_site(node_config: dict[str, Any], cfg: RunConfig) -> Site:
                               cfg.seed)
         return replace(site, device=device)
     if "partition-id" in node_config:
-        from common.federation import load_federation
+        from common.simulated_federation import load_federation
 
         name, train, val = load_federation(cfg).site_data(int(node_config["partition-id"]))
         return Site(name, train, val, device)
@@ -71,16 +82,15 @@ def load_site(node_config: dict[str, Any], cfg: RunConfig) -> Site:
 def _partition_of_directory(data_dir: str, manifest: str, partition: str, num_partitions: int,
                             partition_id: int, cfg: RunConfig) -> Site:
     """Hospital ``partition_id`` of ``data_dir`` split as the simulation engine splits it."""
-    from common.federation import build_federation
+    from common.simulated_federation import SplitSettings, build_federation
 
     if num_partitions < 1 or partition_id < 0:
         raise ValueError(f"node config: partition-id ({partition_id}) and num-partitions "
                          f"({num_partitions}) must both be set, with num-partitions >= 1")
-    fed = build_federation(
-        data_dir, manifest=manifest, partition=partition, sites=num_partitions,
-        min_site_size=cfg.min_site_size, val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction, seed=cfg.seed,
-    )
+    fed = build_federation(replace(
+        SplitSettings.of(cfg), data=data_dir, test_data="", manifest=manifest,
+        partition=partition, sites=num_partitions,
+    ))
     if len(fed.plan.sites) != num_partitions:
         raise ValueError(f"node config: the {partition} partition of {data_dir} has "
                          f"{len(fed.plan.sites)} hospitals, not num-partitions={num_partitions}")
@@ -112,52 +122,50 @@ def describe(site: Site) -> SiteDescription:
     )
 
 
-def _prepared(data: MultiOmicsData, rc: RoundConfig) -> MultiOmicsData:
-    return rc.standardizer.transform(data.align_to(rc.schema))
+def _prepared(data: MultiOmicsData, setup: ConsortiumSetup) -> MultiOmicsData:
+    return setup.standardizer.transform(data.align_to(setup.schema))
 
 
-def _model(rc: RoundConfig, cfg: RunConfig, state: dict[str, Any] | None = None):
+def _model(setup: ConsortiumSetup, cfg: RunConfig, state: dict[str, Any] | None = None):
     from common.model import ModelSpec, build_model
 
-    model = build_model(ModelSpec.for_schema(cfg.model, rc.schema))
+    model = build_model(ModelSpec.for_schema(cfg.model, setup.schema))
     if state is not None:
         model.load_state_dict(state)
     return model
 
 
-def initial_state(rc: RoundConfig, cfg: RunConfig) -> dict[str, Any]:
+def initial_state(setup: ConsortiumSetup, cfg: RunConfig) -> dict[str, Any]:
     """A freshly initialized consortium model's weights: names, shapes, dtypes, order."""
-    return _model(rc, cfg).state_dict()
+    return _model(setup, cfg).state_dict()
 
 
 def train_round(
     site: Site,
     state: dict[str, Any],
+    setup: ConsortiumSetup,
     rc: RoundConfig,
     cfg: RunConfig,
     *,
-    privacy: Any = None,
+    privacy: SitePrivacy | None = None,
     run_id: str = "",
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], SiteMetrics]:
     """Validate the received global weights, then train local epochs from them.
 
-    Returns the new weights and the metrics: training loss and ``num-examples`` plus the
-    validation metrics of the weights as received (see :func:`validation_metrics`).
+    Returns the new weights and the metrics: training loss and ``num_examples`` (training
+    patients) plus the validation of the weights as received (see
+    :func:`validation_metrics`) and, under local DP, the privacy spent. Raises
+    ``client.dp.RoundRefused`` when the site's privacy budget does not allow the round.
     """
-    from common.training import (
-        ProximalTerm,
-        make_loader,
-        make_optimizer,
-        seed_everything,
-        select_device,
-        train_epochs,
-    )
+    from common.losses import ProximalTerm
+    from common.optimization import make_optimizer
+    from common.training import make_loader, seed_everything, select_device, train_epochs
 
     device = select_device(site.device or cfg.train.device)
-    model = _model(rc, cfg, state).to(device)
-    metrics = validation_metrics(model, site, rc)
+    model = _model(setup, cfg, state).to(device)
+    metrics = validation_metrics(model, site, setup)
     seed_everything(cfg.seed * 1000 + rc.server_round)
-    train = _prepared(site.train, rc)
+    train = _prepared(site.train, setup)
     loader = make_loader(train, cfg.train.batch_size, shuffle=True,
                          seed=cfg.seed * 1000 + rc.server_round)
     optimizer = make_optimizer(model, cfg.train)
@@ -165,44 +173,45 @@ def train_round(
     if privacy is not None:
         from client.dp import train_private
 
-        stats, dp_metrics = train_private(
+        stats, spent = train_private(
             model, loader, optimizer, cfg, privacy, epochs=rc.local_epochs,
-            class_weight=rc.class_weight, progress=progress,
+            class_weight=setup.class_weight, progress=progress,
             rounds_left=max(1, cfg.rounds - rc.server_round + 1), run_id=run_id,
             server_round=rc.server_round, device=device,
         )
-        metrics.update(dp_metrics)
+        metrics = replace(metrics, epsilon=spent[EPSILON],
+                          noise_multiplier=spent[NOISE_MULTIPLIER], delta=spent[DELTA])
     else:
         proximal = ProximalTerm.snapshot(model, rc.proximal_mu) if rc.proximal_mu > 0 else None
         stats = train_epochs(
             model, loader, optimizer, cfg.train, epochs=rc.local_epochs,
-            class_weight=rc.class_weight, progress=progress, proximal=proximal, device=device,
+            class_weight=setup.class_weight, progress=progress, proximal=proximal,
+            device=device,
         )
     # The original module: Opacus' wrapper trains it in place but prefixes its keys.
     new_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return new_state, {"train-loss": stats.loss, NUM_EXAMPLES: site.train.n, **metrics}
+    return new_state, replace(metrics, num_examples=site.train.n, train_loss=stats.loss)
 
 
 def evaluate_round(
-    site: Site, state: dict[str, Any], rc: RoundConfig, cfg: RunConfig
-) -> dict[str, Any]:
-    """Validation metrics of the global weights (``num-examples`` = validation patients)."""
-    metrics = validation_metrics(_model(rc, cfg, state), site, rc)
-    return {NUM_EXAMPLES: site.val.n, **metrics}
+    site: Site, state: dict[str, Any], setup: ConsortiumSetup, cfg: RunConfig
+) -> SiteMetrics:
+    """Validation metrics of the global weights (``num_examples`` = validation patients)."""
+    return validation_metrics(_model(setup, cfg, state), site, setup)
 
 
-def validation_metrics(model: Any, site: Site, rc: RoundConfig) -> dict[str, Any]:
+def validation_metrics(model: Any, site: Site, setup: ConsortiumSetup) -> SiteMetrics:
     """Loss sum and confusion counts on the site's validation split: aggregates only."""
-    from common.training import evaluation_loss, predict_proba
+    from common.losses import evaluation_loss
+    from common.metrics import confusion_matrix
+    from common.training import predict_proba
 
-    val = _prepared(site.val, rc)
+    val = _prepared(site.val, setup)
     proba = predict_proba(model, val)
     assert val.labels is not None
-    n_classes = rc.schema.n_classes
-    confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(confusion, (val.labels, proba.argmax(axis=1)), 1)
-    return {
-        VAL_EXAMPLES: val.n,
-        "val-loss-sum": evaluation_loss(proba, val.labels, rc.class_weight) * val.n,
-        "confusion": [int(c) for c in confusion.ravel()],
-    }
+    confusion = confusion_matrix(val.labels, proba.argmax(axis=1), setup.schema.n_classes)
+    return SiteMetrics(
+        num_examples=val.n, val_examples=val.n,
+        val_loss_sum=evaluation_loss(proba, val.labels, setup.class_weight) * val.n,
+        confusion=confusion,
+    )

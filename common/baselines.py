@@ -25,7 +25,7 @@ from sklearn.svm import SVC
 from sklearn.utils.class_weight import compute_sample_weight
 from threadpoolctl import threadpool_limits
 
-from common.data import MultiOmicsData
+from common.dataset.multiomics import MultiOmicsData
 from common.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)

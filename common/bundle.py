@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from common.atomic import fsync_directory, write_text_atomic, write_with_atomic
 from common.config import ModelConfig
-from common.data import MultiOmicsData
+from common.dataset.multiomics import MultiOmicsData
 from common.preprocessing import Standardizer
 from common.schema import FeatureSchema
 
@@ -94,10 +95,13 @@ def save_bundle(
             "schema_sha256": schema.content_hash(),
             "lineage": lineage,
         }
-        (tmp / "bundle.json").write_text(json.dumps(meta, indent=2, default=_jsonable))
-        (tmp / "schema.json").write_text(json.dumps(schema.to_dict(), indent=1))
-        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, tmp / "weights.pt")
-        np.savez(tmp / "standardizer.npz", **standardizer.to_arrays())
+        # Each file durable before the directory rename publishes them.
+        write_text_atomic(tmp / "bundle.json", json.dumps(meta, indent=2, default=_jsonable))
+        write_text_atomic(tmp / "schema.json", json.dumps(schema.to_dict(), indent=1))
+        weights = {k: v.detach().cpu() for k, v in state_dict.items()}
+        write_with_atomic(tmp / "weights.pt", lambda fh: torch.save(weights, fh))
+        arrays = standardizer.to_arrays()
+        write_with_atomic(tmp / "standardizer.npz", lambda fh: np.savez(fh, **arrays))
         if directory.exists():
             old = directory.with_name(directory.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
@@ -106,6 +110,7 @@ def save_bundle(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, directory)
+        fsync_directory(directory.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
@@ -160,8 +165,9 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write (temp file + rename) so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_jsonable))
-    os.replace(tmp, path)
+    """Replace ``path`` atomically with ``payload`` as JSON (numpy values converted).
+
+    Unlike ``write_json_atomic``, NaN stays allowed: run metrics hold it where a metric
+    is undefined (e.g. an AUC over a single class).
+    """
+    write_text_atomic(path, json.dumps(payload, indent=2, default=_jsonable))

@@ -8,15 +8,14 @@ dataclasses flattened with ``model.`` and ``train.`` prefixes.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
 
-STRATEGIES = ("fedavg", "fedavgm", "fedprox")
 DP_MODES = ("none", "local", "central")
+SITE_STATE_DIR = "site-state"  # simulation: the virtual hospitals' state, in the run directory
 
 
 def offline_flower_env(flwr_home: Path | None = None) -> None:
@@ -30,37 +29,63 @@ def offline_flower_env(flwr_home: Path | None = None) -> None:
         os.environ.setdefault("FLWR_HOME", str(flwr_home))
 
 
+def _reject_unknown(kind: str, given: Any, valid: Any) -> None:
+    """Raise naming every unknown key and listing the valid ones."""
+    unknown = [k for k in given if k not in valid]
+    if unknown:
+        raise ValueError(f"unknown {kind} key(s) {', '.join(map(repr, unknown))}; "
+                         f"valid keys: {', '.join(valid)}")
+
+
 class _Section:
-    """A nested config section: plain dict form, tolerant of keys from other versions."""
+    """A nested config section in plain dict form."""
 
     def to_dict(self) -> dict:
         return asdict(self)  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls, d: dict) -> Self:
+    def from_dict(cls, d: dict, *, strict: bool = False) -> Self:
+        """``strict``: reject unknown keys (user input); otherwise drop them, so model
+        bundles written by other versions still load."""
         fields_ = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        if strict:
+            _reject_unknown(f"{cls.__name__}", d, fields_)
         return cls(**{k: v for k, v in d.items() if k in fields_})
 
 
 @dataclass
 class ModelConfig(_Section):
-    """Architecture hyper-parameters (stored in every model bundle)."""
+    """Architecture hyper-parameters (stored in every model bundle).
+
+    The defaults are the architecture of runs without local DP; private runs use
+    :meth:`for_local_dp`.
+    """
 
     d_model: int = 512
     n_heads: int = 8
-    n_layers: int = 2
+    n_layers: int = 1
     ffn_mult: int = 2
-    tokens_per_modality: int = 4
+    tokens_per_modality: int = 2
     dropout: float = 0.2
     attention_dropout: float = 0.1
     # Probability of hiding a whole modality from a patient during training, so the
     # model learns to predict when a hospital or test split lacks one.
     modality_dropout: float = 0.15
 
+    @classmethod
+    def for_local_dp(cls) -> ModelConfig:
+        """The small model local DP-SGD trains: the noise grows with the number of
+        parameters, and dropout fights the noise."""
+        return cls(d_model=16, n_heads=2, n_layers=1, tokens_per_modality=1,
+                   dropout=0.0, attention_dropout=0.0, modality_dropout=0.0)
+
 
 @dataclass
 class TrainConfig(_Section):
-    """Optimisation hyper-parameters (recorded in every run's config.json)."""
+    """Optimisation hyper-parameters (recorded in every run's config.json).
+
+    The defaults suit runs without local DP; private runs use :meth:`for_local_dp`.
+    """
 
     batch_size: int = 16  # 0: the whole training split in every step (full batch)
     optimizer: str = "adamw"  # "adamw", or "sgd" (with momentum; steadier under DP noise)
@@ -80,24 +105,21 @@ class TrainConfig(_Section):
     device: str = "auto"
     amp: bool = True
 
-
-# Local DP-SGD at hospitals of tens of patients: a small model (the noise grows with the
-# number of parameters), no dropout (it fights the noise), and one full-batch step per
-# round (the fewest noisy releases for the budget). Chosen on pooled validation macro-F1
-# of the bundled BRCA federation; see README, "Privacy".
-LOCAL_DP_PRESET: dict[str, Any] = {
-    "rounds": 20,
-    "local_epochs": 1,
-    "model": ModelConfig(d_model=16, n_heads=2, n_layers=1, tokens_per_modality=1,
-                         dropout=0.0, attention_dropout=0.0, modality_dropout=0.0),
-    "train": TrainConfig(batch_size=0, optimizer="sgd", lr=1.0, momentum=0.0,
-                         warmup_fraction=0.0),
-}
+    @classmethod
+    def for_local_dp(cls) -> TrainConfig:
+        """One full-batch plain SGD step per local epoch: the fewest noisy releases
+        for the budget."""
+        return cls(batch_size=0, optimizer="sgd", lr=1.0, momentum=0.0, warmup_fraction=0.0)
 
 
 @dataclass
 class RunConfig:
-    """Everything a federated run needs; stored in the run's ``config.json``."""
+    """Everything a federated run needs; stored in the run's ``config.json``.
+
+    The defaults are the private federation (local DP-SGD at every site with the model
+    and schedule chosen for it) that ``cancer-alpha simulate`` and ``flwr run`` run
+    when told nothing; :meth:`preset` gives the settings that suit another DP mode.
+    """
 
     data: str = "brca"
     test_data: str = ""  # empty: hold out a stratified test split from ``data``
@@ -107,8 +129,10 @@ class RunConfig:
     min_site_size: int = 20
     val_fraction: float = 0.2
     test_fraction: float = 0.3
-    rounds: int = 10
-    local_epochs: int = 4
+    # Local DP: many one-epoch rounds, the fewest noisy releases per round. Chosen on
+    # pooled validation macro-F1 of the bundled BRCA federation; see docs/privacy.md.
+    rounds: int = 20
+    local_epochs: int = 1
     strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_momentum: float = 0.9  # fedavgm: momentum of the server's SGD on averaged updates
@@ -119,13 +143,15 @@ class RunConfig:
     out: str = ""
     # Differential privacy: "none", "local" (DP-SGD at every site, see client.dp) or
     # "central" (server clips site updates and noises their mean, strategies.central_dp).
-    dp: str = "none"
+    dp: str = "local"
     epsilon: float = 8.0  # local: each site's budget (its node config overrides); central: run's
     delta: float = 0.0  # 0: local, 1 / (10 * site's patients); central, 1 / (10 * sites)
     max_grad_norm: float = 1.0  # clipping: per-sample gradients (local), site updates (central)
     # A site declines a round that would need more noise than this to fit its budget.
     max_noise_multiplier: float = 10.0
-    state_dir: str = ""  # simulation: site ledgers live in STATE_DIR/<site>
+    # Simulation: virtual hospitals keep their ledgers in STATE_DIR/<site>; empty: in the
+    # run directory (see site_state_root).
+    state_dir: str = ""
     # Deployment: seconds the coordinator waits for a round's replies (a site that dies
     # mid-round is left out after this, or sooner once Flower marks it offline) and for
     # at least min_sites sites to be connected before a round.
@@ -138,20 +164,14 @@ class RunConfig:
     # Fraction of a site's neighbours whose shares unmask it: higher is more private,
     # lower tolerates more sites dropping out mid-round.
     secagg_threshold: float = 0.5
-    model: ModelConfig = field(
-        default_factory=lambda: ModelConfig(
-            d_model=512, n_heads=8, n_layers=1, tokens_per_modality=2
-        )
-    )
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig.for_local_dp)
+    train: TrainConfig = field(default_factory=TrainConfig.for_local_dp)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         problems = []
-        if self.strategy not in STRATEGIES:
-            problems.append(f"strategy {self.strategy!r} is not one of {STRATEGIES}")
         if self.rounds < 1:
             problems.append(f"rounds must be >= 1, got {self.rounds}")
         if self.local_epochs < 1:
@@ -170,8 +190,6 @@ class RunConfig:
             problems.append(f"proximal_mu must be >= 0, got {self.proximal_mu}")
         if self.dp not in DP_MODES:
             problems.append(f"dp {self.dp!r} is not one of {DP_MODES}")
-        if self.dp == "central" and self.strategy != "fedavg":
-            problems.append("central DP aggregates with FedAvg; use --strategy fedavg")
         if self.dp != "none":
             if not (self.epsilon > 0 and math.isfinite(self.epsilon)):
                 problems.append(f"epsilon must be a positive number, got {self.epsilon}")
@@ -182,29 +200,34 @@ class RunConfig:
                                 f"{self.max_noise_multiplier}")
             if not self.max_grad_norm > 0:
                 problems.append(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
-            if self.dp == "local" and self.strategy == "fedprox":
-                # Opacus computes per-sample gradients of the data loss only; the proximal
-                # term's gradient would bypass clipping and noise.
-                problems.append("fedprox cannot be combined with local DP; use fedavg")
-        if self.secagg:
-            if self.strategy == "fedavgm":
-                problems.append("secure aggregation computes the plain weighted mean; use "
-                                "--strategy fedavg or fedprox with --secagg")
-            if self.dp == "central":
-                problems.append("secure aggregation hides the individual updates that central "
-                                "DP must clip; combine --secagg with --dp local or none")
-            if not 0 < self.secagg_threshold <= 1:
-                problems.append("secagg_threshold must be in (0, 1], got "
-                                f"{self.secagg_threshold}")
+        # Which strategy / DP / SecAgg+ combinations exist: strategies.registry.
+        if self.secagg and not 0 < self.secagg_threshold <= 1:
+            problems.append(f"secagg_threshold must be in (0, 1], got {self.secagg_threshold}")
         if problems:
             raise ValueError("invalid run configuration: " + "; ".join(problems))
 
     @classmethod
-    def for_privacy(cls, dp: str = "none", **settings: Any) -> RunConfig:
-        """A run config with the defaults that suit ``dp`` (local DP: ``LOCAL_DP_PRESET``),
-        overridden by ``settings``."""
-        preset = LOCAL_DP_PRESET if dp == "local" else {}
-        return cls(dp=dp, **{**copy.deepcopy(preset), **settings})
+    def preset(cls, dp: str | None = None, **settings: Any) -> RunConfig:
+        """The run config that suits DP mode ``dp`` (default: the dataclass's), overridden
+        by ``settings``.
+
+        Local DP: the defaults. No DP and central DP (the server noises the mean of
+        whole updates, so the sites' model size does not scale the noise): the default
+        architecture and optimiser, fewer rounds of more local epochs.
+        """
+        dp = cls.dp if dp is None else dp
+        if dp == "local":
+            return cls(dp=dp, **settings)
+        return cls(**{"dp": dp, "rounds": 10, "local_epochs": 4, "model": ModelConfig(),
+                      "train": TrainConfig(), **settings})
+
+    def site_state_root(self) -> Path:
+        """Where a simulation's virtual hospitals keep their state (privacy ledgers):
+        ``state_dir`` when named, else inside the run directory, so that every run
+        starts with fresh budgets."""
+        if self.state_dir:
+            return Path(self.state_dir)
+        return Path(self.out or "runs") / SITE_STATE_DIR
 
     # --- Flower's flat run config -------------------------------------------------
     def to_flower(self) -> dict[str, Any]:
@@ -220,19 +243,16 @@ class RunConfig:
 
     @classmethod
     def from_flower(cls, flat: dict[str, Any]) -> RunConfig:
-        top: dict[str, Any] = {}
+        """From Flower's flat run config; unknown keys are errors naming the valid ones."""
         nested: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-        known = {f.name for f in fields(cls)}
+        top: dict[str, Any] = {}
+        _reject_unknown("run config", flat, cls().to_flower())
         for key, value in flat.items():
-            name = key.replace("-", "_")
-            prefix, dot, rest = name.partition(".")
-            section = {"model": ModelConfig, "train": TrainConfig}.get(prefix)
-            if dot and section is not None and rest in section.__dataclass_fields__:
+            prefix, dot, rest = key.replace("-", "_").partition(".")
+            if dot:
                 nested[prefix][rest] = value
-            elif name in known:
-                top[name] = value
             else:
-                raise ValueError(f"unknown run config key {key!r}")
+                top[prefix] = value
         base = cls()
         model = ModelConfig.from_dict({**base.model.to_dict(), **nested["model"]})
         train = TrainConfig.from_dict({**base.train.to_dict(), **nested["train"]})
@@ -243,7 +263,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """From :meth:`to_dict` form; unknown keys are errors naming the valid ones."""
         d = dict(d)
-        model = ModelConfig.from_dict(d.pop("model", {}))
-        train = TrainConfig.from_dict(d.pop("train", {}))
+        _reject_unknown("run config", d, [f.name for f in fields(cls)])
+        defaults = cls()
+        model = ModelConfig.from_dict({**defaults.model.to_dict(), **d.pop("model", {})},
+                                      strict=True)
+        train = TrainConfig.from_dict({**defaults.train.to_dict(), **d.pop("train", {})},
+                                      strict=True)
         return cls(**d, model=model, train=train)

@@ -42,8 +42,26 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """``int64 [C, C]`` counts, rows = true class, columns = predicted class."""
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
+    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
     return cm
+
+
+def f1_per_class(cm: np.ndarray) -> np.ndarray:
+    """F1 of every class of confusion matrix ``cm``; 0 for a class absent from both axes."""
+    cm = np.asarray(cm)
+    # 2TP / (2TP + FP + FN) equals 2PR / (P + R) and is 0, not 0/0, when TP = 0.
+    return _safe_div(2 * np.diag(cm), cm.sum(axis=1) + cm.sum(axis=0))
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    """Mean F1 over the classes that occur in ``cm`` as truth or as prediction.
+
+    A class absent from both has no defined F1 and is left out (scikit-learn's macro
+    average over the labels present); an empty matrix gives 0.0.
+    """
+    cm = np.asarray(cm)
+    present = (cm.sum(axis=1) + cm.sum(axis=0)) > 0
+    return float(f1_per_class(cm)[present].mean()) if present.any() else 0.0
 
 
 def roc_auc_ovr(y_true: np.ndarray, proba: np.ndarray) -> float:
@@ -97,16 +115,14 @@ def classification_metrics(
 
     precision = _safe_div(tp, predicted)
     recall = _safe_div(tp, support)
-    # 2TP / (2TP + FP + FN) equals 2PR / (P + R) and is 0, not 0/0, when TP = 0.
-    f1 = _safe_div(2 * tp, support + predicted)
+    f1 = f1_per_class(cm)
 
     in_true = support > 0
-    in_either = in_true | (predicted > 0)
     n = len(y_true)
     out: dict[str, Any] = {
         "accuracy": float(tp.sum() / n),
         "balanced_accuracy": float(recall[in_true].mean()),
-        "f1_macro": float(f1[in_either].mean()),
+        "f1_macro": macro_f1(cm),
         "f1_weighted": float((f1 * support).sum() / n),
         "roc_auc_ovr": roc_auc_ovr(y_true, proba),
     }

@@ -67,3 +67,23 @@ def resolve_data_dir(spec: str | Path) -> Path:
         f"dataset {text!r}: {path} {what}; pass a dataset directory or one of the "
         f"aliases {sorted(BUNDLED)}"
     )
+
+
+def bundled_alias(directory: Path | str) -> str | None:
+    """The alias whose bundled directory ``directory`` is (the same directory on disk).
+
+    None when it is no alias's directory or the bundled data cannot be found. This is
+    identity, not resemblance: a copy elsewhere is recognised only by its content
+    (see ``common.dataset.lookup``).
+    """
+    try:
+        root = bundled_data_root()
+    except FileNotFoundError:
+        return None
+    for alias, rel in BUNDLED.items():
+        try:
+            if os.path.samefile(root / rel, directory):
+                return alias
+        except OSError:  # the alias's directory or ``directory`` does not exist
+            continue
+    return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.data import MultiOmicsData
+from common.dataset.multiomics import MultiOmicsData
 from common.schema import FeatureSchema
 
 MIN_PATIENTS_FOR_STATS = 5
@@ -96,7 +96,9 @@ class Standardizer:
             z = (data.features[m] - self.mean[m]) / self.std[m]
             z[~data.mask[:, j]] = 0.0
             feats[m] = z.astype(np.float32)
-        return MultiOmicsData(data.patient_ids, feats, data.mask, data.labels, data.schema)
+        return MultiOmicsData(
+            data.patient_ids, feats, data.mask, data.labels, data.schema, data.origin
+        )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {f"mean/{m}": v for m, v in self.mean.items()}

@@ -5,9 +5,11 @@ Only model weights, aggregate statistics and metrics cross a site boundary:
 * ``describe`` (a Flower *query*): the site's feature schema (names, not values), its
   training class counts, and per-modality feature sums / sums of squares / counts over
   at least ``MIN_PATIENTS_FOR_STATS`` patients.
-* ``train``: global weights plus a round config (standardizer, class weights, schedule
-  position, local epochs, FedProx mu) -> updated weights, training metrics, and the
-  validation metrics (below) of the global weights received.
+* ``setup`` (a query, once per run): the consortium schema, standardizer and class
+  weights (:mod:`common.consortium_setup`), kept by the site for the run.
+* ``train``: global weights plus a round config (setup digest, schedule position, local
+  epochs, FedProx mu) -> updated weights, training metrics, and the validation metrics
+  (below) of the global weights received.
 * ``evaluate``: global weights plus the round config -> validation loss sum and
   confusion-matrix counts, which the server adds up into pooled validation metrics.
 """
@@ -15,12 +17,14 @@ Only model weights, aggregate statistics and metrics cross a site boundary:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from common.preprocessing import FeatureStats, Standardizer
+from common.preprocessing import FeatureStats
 from common.schema import FeatureSchema
 
 ARRAYS = "arrays"
@@ -28,19 +32,41 @@ CONFIG = "config"
 METRICS = "metrics"
 SITE = "site"
 STATS = "stats"
-NUM_EXAMPLES = "num-examples"  # Flower strategies weight updates by this key
-VAL_EXAMPLES = "val-examples"  # validation patients behind a reply's loss sum and confusion
 QUERY_KIND = "query"
 DESCRIBE = "describe"
+
+# Metric keys of a site's reply (see SiteMetrics) and of the pooled validation record.
+NUM_EXAMPLES = "num-examples"  # Flower strategies weight updates by this key
+VAL_EXAMPLES = "val-examples"  # validation patients behind a reply's loss sum and confusion
+TRAIN_LOSS = "train-loss"
+VAL_LOSS_SUM = "val-loss-sum"
+CONFUSION = "confusion"  # flattened C x C counts, rows = true class
+EPSILON = "epsilon"  # local DP: the site's cumulative spend after this round
+NOISE_MULTIPLIER = "noise-multiplier"
+DELTA = "delta"
+REFUSED = "refused"
+VAL_LOSS = "val-loss"
+VAL_ACCURACY = "val-accuracy"
+VAL_F1_MACRO = "val-f1-macro"
+# Metric keys of a site's description.
+N_TRAIN = "n-train"
+N_VAL = "n-val"
+CLASS_COUNTS = "class-counts"
+# Round-config keys Flower's strategies set themselves (flwr FedAvg/FedProx.configure_train).
+SERVER_ROUND = "server-round"
+PROXIMAL_MU = "proximal-mu"
+SETUP_DIGEST = "setup-digest"  # the consortium setup a round was planned with
 
 
 @dataclass
 class RoundConfig:
-    """Settings the server sends with every train/evaluate message."""
+    """Settings the server sends with every train/evaluate message.
 
-    schema: FeatureSchema
-    standardizer: Standardizer
-    class_weight: np.ndarray
+    The schema, standardizer and class weights are sent once per run (see
+    :mod:`common.consortium_setup`); a round names them by ``setup_digest``.
+    """
+
+    setup_digest: str = ""
     local_epochs: int = 1
     progress_start: float = 0.0
     progress_end: float = 1.0
@@ -48,35 +74,24 @@ class RoundConfig:
     server_round: int = 0
 
     def to_record(self) -> ConfigRecord:
-        rec: dict = {
-            "schema": json.dumps(self.schema.to_dict()),
-            "class-weight": [float(w) for w in self.class_weight],
+        return ConfigRecord({
+            SETUP_DIGEST: self.setup_digest,
             "local-epochs": int(self.local_epochs),
             "progress-start": float(self.progress_start),
             "progress-end": float(self.progress_end),
-            "proximal-mu": float(self.proximal_mu),
-        }
-        for key, arr in self.standardizer.to_arrays().items():
-            rec[f"standardizer.{key}"] = [float(v) for v in arr]
-        return ConfigRecord(rec)
+            PROXIMAL_MU: float(self.proximal_mu),
+        })
 
     @classmethod
     def from_record(cls, rec: ConfigRecord) -> RoundConfig:
-        arrays = {
-            k.removeprefix("standardizer."): np.asarray(v, dtype=np.float32)
-            for k, v in rec.items()
-            if k.startswith("standardizer.")
-        }
         return cls(
-            schema=FeatureSchema.from_dict(json.loads(str(rec["schema"]))),
-            standardizer=Standardizer.from_arrays(arrays),
-            class_weight=np.asarray(rec["class-weight"], dtype=np.float32),
+            setup_digest=str(rec.get(SETUP_DIGEST, "")),
             local_epochs=int(rec.get("local-epochs", 1)),
             progress_start=float(rec.get("progress-start", 0.0)),
             progress_end=float(rec.get("progress-end", 1.0)),
             # FedProx puts its mu under this key itself (flwr FedProx.configure_train).
-            proximal_mu=float(rec.get("proximal-mu", 0.0)),
-            server_round=int(rec.get("server-round", 0)),
+            proximal_mu=float(rec.get(PROXIMAL_MU, 0.0)),
+            server_round=int(rec.get(SERVER_ROUND, 0)),
         )
 
 
@@ -100,8 +115,8 @@ class SiteDescription:
         return RecordDict({
             STATS: ArrayRecord({k: to_array(v, np.float64) for k, v in arrays.items()}),
             METRICS: MetricRecord({
-                "n-train": self.n_train, "n-val": self.n_val,
-                "class-counts": [int(c) for c in self.class_counts], **counts,
+                N_TRAIN: self.n_train, N_VAL: self.n_val,
+                CLASS_COUNTS: [int(c) for c in self.class_counts], **counts,
             }),
             SITE: ConfigRecord({"name": self.site, "schema": json.dumps(self.schema.to_dict())}),
         })
@@ -120,11 +135,84 @@ class SiteDescription:
         return cls(
             site=str(site["name"]),
             schema=FeatureSchema.from_dict(json.loads(str(site["schema"]))),
-            n_train=int(metrics["n-train"]),
-            n_val=int(metrics["n-val"]),
-            class_counts=np.asarray(metrics["class-counts"], dtype=np.int64),
+            n_train=int(metrics[N_TRAIN]),
+            n_val=int(metrics[N_VAL]),
+            class_counts=np.asarray(metrics[CLASS_COUNTS], dtype=np.int64),
             stats=stats,
         )
+
+
+@dataclass
+class SiteMetrics:
+    """What a site reports for a round, as one Flower ``MetricRecord``.
+
+    A training reply carries the training loss, ``num_examples`` = training patients
+    (Flower weights the update by it), the validation of the global weights the site
+    received and, under local DP, the privacy spent; an evaluation reply carries only the
+    validation part, with ``num_examples`` = validation patients. Validation is sent as
+    aggregates the server can add up across sites: a loss sum and confusion counts.
+    """
+
+    num_examples: int
+    train_loss: float | None = None
+    val_examples: int | None = None  # None: the reply carries no validation
+    val_loss_sum: float = 0.0
+    confusion: np.ndarray | None = None  # int64 [C, C], rows = true class
+    epsilon: float | None = None  # local DP: cumulative spend after this round
+    noise_multiplier: float | None = None
+    delta: float | None = None
+    refused: bool = False  # the site declined the round (reason: ``refusal_reason``)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.val_examples is not None and self.confusion is not None
+
+    def to_record(self) -> MetricRecord:
+        rec: dict[str, Any] = {NUM_EXAMPLES: int(self.num_examples)}
+        if self.refused:
+            rec[REFUSED] = 1
+        if self.train_loss is not None:
+            rec[TRAIN_LOSS] = float(self.train_loss)
+        if self.has_validation:
+            assert self.confusion is not None and self.val_examples is not None
+            rec[VAL_EXAMPLES] = int(self.val_examples)
+            rec[VAL_LOSS_SUM] = float(self.val_loss_sum)
+            rec[CONFUSION] = [int(c) for c in np.ravel(self.confusion)]
+        for key, value in ((EPSILON, self.epsilon), (NOISE_MULTIPLIER, self.noise_multiplier),
+                           (DELTA, self.delta)):
+            if value is not None:
+                rec[key] = float(value)
+        return MetricRecord(rec)
+
+    @classmethod
+    def from_record(cls, rec: MetricRecord) -> SiteMetrics:
+        def optional(key: str) -> float | None:
+            return float(rec[key]) if key in rec else None  # type: ignore[arg-type]
+
+        confusion = None
+        if CONFUSION in rec:
+            flat = np.asarray(rec[CONFUSION], dtype=np.int64)
+            k = math.isqrt(flat.size)
+            if k * k != flat.size:
+                raise ValueError(f"{CONFUSION}: {flat.size} counts are not a square matrix")
+            confusion = flat.reshape(k, k)
+        return cls(
+            num_examples=int(rec.get(NUM_EXAMPLES, 0)),  # type: ignore[arg-type]
+            train_loss=optional(TRAIN_LOSS),
+            val_examples=int(rec[VAL_EXAMPLES]) if VAL_EXAMPLES in rec else None,  # type: ignore[arg-type]
+            val_loss_sum=float(rec.get(VAL_LOSS_SUM, 0.0)),  # type: ignore[arg-type]
+            confusion=confusion,
+            epsilon=optional(EPSILON),
+            noise_multiplier=optional(NOISE_MULTIPLIER),
+            delta=optional(DELTA),
+            refused=bool(rec.get(REFUSED, 0)),
+        )
+
+    @classmethod
+    def of_reply(cls, content: RecordDict) -> SiteMetrics | None:
+        """The metrics of a reply's content, or None when it carries none."""
+        rec = next(iter(content.metric_records.values()), None)
+        return None if rec is None else cls.from_record(rec)
 
 
 def to_array(values: np.ndarray, dtype: np.dtype | type | None = None) -> Array:
@@ -141,13 +229,10 @@ def site_name(content: RecordDict, default: str = "?") -> str:
     return str(rec["name"]) if rec is not None and "name" in rec else default
 
 
-REFUSED = "refused"
-
-
 def refusal(name: str, reason: str) -> RecordDict:
     """A site's answer when it declines a round (e.g. its privacy budget would run out)."""
     return RecordDict({
-        METRICS: MetricRecord({REFUSED: 1, NUM_EXAMPLES: 0}),
+        METRICS: SiteMetrics(num_examples=0, refused=True).to_record(),
         SITE: ConfigRecord({"name": name, "refusal": reason}),
     })
 
@@ -158,4 +243,4 @@ def refusal_reason(content: RecordDict) -> str | None:
     if metrics is None or not metrics.get(REFUSED):
         return None
     site = content.get(SITE)
-    return str(site["refusal"]) if site is not None and "refusal" in site else "refused"
+    return str(site["refusal"]) if site is not None and "refusal" in site else REFUSED

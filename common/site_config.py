@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.config import RunConfig
 from common.pki import SITE_ID
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -54,9 +55,10 @@ class SiteConfigError(ValueError):
 
 @dataclass(frozen=True)
 class PrivacySettings:
-    epsilon: float = 8.0
-    delta: float = 0.0
-    max_noise_multiplier: float = 10.0
+    # A site's defaults are the run configuration's.
+    epsilon: float = RunConfig.epsilon
+    delta: float = RunConfig.delta
+    max_noise_multiplier: float = RunConfig.max_noise_multiplier
 
 
 @dataclass(frozen=True)
@@ -182,9 +184,10 @@ def parse_site_config(raw: dict[str, Any], base: Path, *, source: Path | None = 
     if device.split(":")[0] not in DEVICES:
         problems.append(f"[site] device {device!r} must be one of {', '.join(DEVICES)} "
                         "(cuda:N for a given GPU)")
-    privacy = PrivacySettings(float(get("privacy", "epsilon", 8.0)),
-                              float(get("privacy", "delta", 0.0)),
-                              float(get("privacy", "max-noise-multiplier", 10.0)))
+    privacy = PrivacySettings(
+        float(get("privacy", "epsilon", PrivacySettings.epsilon)),
+        float(get("privacy", "delta", PrivacySettings.delta)),
+        float(get("privacy", "max-noise-multiplier", PrivacySettings.max_noise_multiplier)))
     if not privacy.epsilon > 0:
         problems.append(f"[privacy] epsilon must be > 0, got {privacy.epsilon}")
     if not 0 <= privacy.delta < 1:

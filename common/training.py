@@ -1,15 +1,16 @@
-"""Local training and evaluation loops shared by sites, the server and centralized runs.
+"""Training and prediction loops shared by sites, the server and centralized runs.
 
 ``train_epochs`` is the one place where a model learns from a data loader; a site's
 federated round, centralized training and (with an Opacus-wrapped model, optimizer and
-loader) DP training all call it.
+loader) DP training all call it. Loss terms live in :mod:`common.losses`, the optimizer
+and its schedule in :mod:`common.optimization`, model selection in
+:mod:`common.model_selection`.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import TrainConfig
-from common.data import MultiOmicsData
+from common.dataset.multiomics import MultiOmicsData
+from common.losses import ProximalTerm, class_weights, evaluation_loss, weighted_loss
+from common.model_selection import BestTracker
+from common.optimization import lr_at, make_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +44,6 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but no CUDA device is available")
     return device
-
-
-def class_weights(counts: np.ndarray, mode: str = "balanced") -> np.ndarray:
-    """Per-class loss weights from class counts; absent classes get weight 0."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if mode == "none":
-        return np.ones_like(counts, dtype=np.float32)
-    if mode != "balanced":
-        raise ValueError(f"unknown class weighting {mode!r} (use 'balanced' or 'none')")
-    present = counts > 0
-    w = np.zeros_like(counts)
-    w[present] = counts.sum() / (present.sum() * counts[present])
-    return w.astype(np.float32)
 
 
 def tensors(data: MultiOmicsData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,83 +67,6 @@ def make_loader(
         generator=generator,
         drop_last=False,
     )
-
-
-def lr_at(progress: float, cfg: TrainConfig) -> float:
-    """Linear warmup then cosine decay to ``min_lr_fraction * lr``; ``progress`` in [0, 1]."""
-    p = min(max(progress, 0.0), 1.0)
-    if cfg.warmup_fraction > 0 and p < cfg.warmup_fraction:
-        return cfg.lr * max(p / cfg.warmup_fraction, 0.02)
-    span = max(1.0 - cfg.warmup_fraction, 1e-9)
-    cos = 0.5 * (1 + math.cos(math.pi * (p - cfg.warmup_fraction) / span))
-    return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * cos)
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (or SGD with momentum) with weight decay on weight matrices only."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_matrix = p.ndim >= 2 and "embedding" not in name and "modality_logit" not in name
-        (decay if is_matrix else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.optimizer != "adamw":
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r} (use 'adamw' or 'sgd')")
-    return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def weighted_loss(
-    logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, smoothing: float = 0.0
-) -> torch.Tensor:
-    """Per-sample class-weighted cross-entropy, averaged.
-
-    Weighting each sample's own loss (rather than ``CrossEntropyLoss(weight=...)``,
-    which normalises by the batch's total weight) keeps samples independent, as
-    per-sample gradient clipping under DP-SGD requires.
-    """
-    return WeightedCrossEntropy(weights, smoothing)(logits, y)
-
-
-class WeightedCrossEntropy(nn.Module):
-    """:func:`weighted_loss` as a criterion with a ``reduction`` attribute ("mean",
-    "sum" or "none"), the interface Opacus' ghost clipping drives."""
-
-    def __init__(self, weights: torch.Tensor, smoothing: float = 0.0,
-                 reduction: str = "mean") -> None:
-        super().__init__()
-        self.weights, self.smoothing, self.reduction = weights, smoothing, reduction
-
-    def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        per_sample = self.weights[y] * nn.functional.cross_entropy(
-            logits, y, reduction="none", label_smoothing=self.smoothing)
-        if self.reduction == "none":
-            return per_sample
-        return per_sample.sum() if self.reduction == "sum" else per_sample.mean()
-
-
-@dataclass
-class ProximalTerm:
-    """FedProx: ``mu / 2 * ||w - w_global||^2`` added to the local loss."""
-
-    mu: float
-    global_params: list[torch.Tensor]
-
-    @classmethod
-    def snapshot(cls, model: nn.Module, mu: float) -> ProximalTerm:
-        return cls(mu, [p.detach().clone() for p in model.parameters()])
-
-    def __call__(self, model: nn.Module) -> torch.Tensor:
-        total = sum(
-            ((p - g) ** 2).sum()
-            for p, g in zip(model.parameters(), self.global_params, strict=True)
-        )
-        return 0.5 * self.mu * total
 
 
 @dataclass
@@ -236,40 +150,6 @@ def predict_proba(
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def evaluation_loss(proba: np.ndarray, labels: np.ndarray, class_weight: np.ndarray) -> float:
-    """Class-weighted negative log-likelihood of labelled data (model selection)."""
-    p = np.clip(proba[np.arange(len(labels)), labels], 1e-7, 1.0)
-    return float(np.mean(class_weight[labels] * -np.log(p)))
-
-
-@dataclass
-class BestTracker:
-    """Model selection on validation data: ``f1_macro`` (ties: lower loss) or ``loss``.
-
-    Class-weighted validation loss keeps rising once a model grows confident on the
-    majority classes while its macro-F1 still improves, so macro-F1 is the default.
-    """
-
-    criterion: str = "f1_macro"
-    best_step: int = 0
-    _best: tuple[float, ...] = (-math.inf, -math.inf)
-
-    def __post_init__(self) -> None:
-        if self.criterion not in ("f1_macro", "loss"):
-            raise ValueError(f"selection must be 'f1_macro' or 'loss', not {self.criterion!r}")
-
-    def update(self, step: int, f1_macro: float, loss: float) -> bool:
-        """Record a validation result; True when it is the new best."""
-        key = (f1_macro, -loss) if self.criterion == "f1_macro" else (-loss, f1_macro)
-        if key > self._best:
-            self._best, self.best_step = key, step
-            return True
-        return False
-
-    def stale(self, step: int, patience: int) -> bool:
-        return self.best_step > 0 and step - self.best_step >= patience
-
-
 @dataclass
 class FitResult:
     best_epoch: int
@@ -342,3 +222,4 @@ def fit(
     for rec in history:
         rec["best"] = rec["epoch"] == tracker.best_step
     return FitResult(best_epoch=tracker.best_step, history=history, state_dict=best_state)
+

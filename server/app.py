@@ -1,4 +1,4 @@
-"""The coordinator's Flower ServerApp: a thin wrapper over :mod:`server.federation`."""
+"""The coordinator's Flower ServerApp: a thin wrapper over :mod:`server.rounds`."""
 
 from __future__ import annotations
 
@@ -29,10 +29,12 @@ def run_server(
     round); when no round had completed yet it starts over, saying so.
     """
     from common.metrics import classification_metrics
-    from server.federation import load_checkpoint, run_federation, save_checkpoint
     from server.monitoring import CoordinatorMetrics
     from server.outputs import CHECKPOINT_DIR, write_federated_outputs
+    from server.rounds import load_checkpoint, run_federation, save_checkpoint
+    from strategies import check_combination
 
+    check_combination(cfg)
     run_dir = default_run_dir(cfg, run_id)
     resume = None
     if cfg.resume:
@@ -42,7 +44,7 @@ def run_server(
                            run_dir / CHECKPOINT_DIR)
     test, record = None, None
     if cfg.data:  # simulation: the coordinator may hold the global test split
-        from common.federation import load_federation
+        from common.simulated_federation import load_federation
 
         fed = load_federation(cfg)
         test, record = fed.test, fed.record()

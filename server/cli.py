@@ -291,11 +291,13 @@ def _print_result(result: Any) -> None:
 @coordinator_app.command("sync-sites")
 def coordinator_sync_sites(
     pki_dir: Path = typer.Option(Path("pki"), "--pki", metavar="DIR", envvar=PKI_ENV,
-                                 help="PKI directory."),
+                                 help="PKI directory (ca.crt, sites/*/site.pub)."),
     state_dir: Path = typer.Option(Path("coordinator"), "--state-dir", metavar="DIR",
-                                   envvar=STATE_ENV),
-    host: str = typer.Option("0.0.0.0", "--host"),
-    port: int = typer.Option(9092, "--port"),
+                                   envvar=STATE_ENV,
+                                   help="The running coordinator's state directory."),
+    host: str = typer.Option("0.0.0.0", "--host",
+                             help="Address the running coordinator listens on."),
+    port: int = typer.Option(9092, "--port", help="Port the running coordinator listens on."),
 ) -> None:
     """Apply new, rotated and revoked site keys to the running coordinator."""
     from server.coordinator import (
@@ -323,7 +325,7 @@ def _logging(verbose: bool) -> None:
 
 def main() -> None:
     """``python -m server.cli {coordinator,pki} ...``."""
-    app = typer.Typer(no_args_is_help=True, add_completion=False,
+    app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                       pretty_exceptions_show_locals=False)
     app.add_typer(coordinator_app, name="coordinator")
     app.add_typer(pki_app, name="pki")

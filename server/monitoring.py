@@ -1,7 +1,7 @@
 """Prometheus metrics of the coordinator's round loop.
 
 :class:`CoordinatorMetrics` turns the per-round records built by
-:func:`server.federation.run_federation` into counters, gauges and histograms. It owns
+:func:`server.rounds.run_federation` into counters, gauges and histograms. It owns
 its own :class:`~prometheus_client.CollectorRegistry`, so several instances (tests, one
 per simulated run) never collide with each other or with the default registry.
 

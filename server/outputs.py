@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.bundle import save_bundle, write_json
 from common.config import RunConfig
 from common.metrics import METRIC_KEYS
+
+if TYPE_CHECKING:
+    from server.rounds import FederationOutcome
 
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
@@ -19,7 +22,7 @@ CHECKPOINT_DIR = "checkpoint"
 def write_federated_outputs(
     run_dir: Path,
     cfg: RunConfig,
-    outcome: Any,
+    outcome: FederationOutcome,
     *,
     test_metrics: dict | None,
     federation_record: dict | None,
@@ -56,7 +59,7 @@ def write_federated_outputs(
         "rounds_run": len(outcome.rounds),
         "stopped_early": outcome.stopped or None,
         # Deployment: the last completed round each coordinator restart resumed after.
-        "resumed_after_rounds": getattr(outcome, "resumed_from", None) or None,
+        "resumed_after_rounds": outcome.resumed_from or None,
         "per_site_epsilon": per_site_epsilon(outcome.rounds) or None,
         "central_dp": outcome.central_dp,
         "federated_seconds": outcome.seconds,
@@ -92,7 +95,7 @@ def per_site_epsilon(rounds: list[dict]) -> dict[str, float]:
     return spent
 
 
-def _per_site_summary(outcome: Any) -> list[dict]:
+def _per_site_summary(outcome: FederationOutcome) -> list[dict]:
     """Each site's data counts plus its validation metrics at the best round."""
     best = next(r for r in outcome.rounds if r.get("best"))
     at_best = {s["site"]: s for s in best.get("sites", [])}

@@ -8,8 +8,11 @@ exchange are recovered from Shamir shares held by their neighbours, as long as a
 
 Flower implements SecAgg+ only for its legacy workflow API. This module drives
 :class:`flwr.server.workflow.SecAggPlusWorkflow` one round at a time from the project's
-own round loop, through a minimal legacy strategy that hands the protocol our round
-config and collects the unmasked sum. Sites send their *update* (new weights minus the
+own round executor (:mod:`server.rounds.executor`), through a minimal legacy strategy
+that hands the protocol the round's sampled sites and config and collects the unmasked
+sum. The executor gives that aggregate to the run's strategy as one reply
+(:meth:`SecureRound.as_reply`), so its update guard and post-aggregation step apply as in
+a plain round. Sites send their *update* (new weights minus the
 global weights they received), not their weights: updates are small, so the fixed-point
 quantization loses less. What still travels in clear are the per-site aggregates the
 plain protocol sends as well: validation counts, training loss, spent epsilon, refusals.
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common import FitIns, Parameters, parameters_to_ndarrays
 from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.workflow import SecAggPlusWorkflow
@@ -31,12 +34,24 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.serverapp import Grid
 
-from common.protocol import METRICS, NUM_EXAMPLES, refusal_reason, site_name, to_array
+from common.protocol import (
+    ARRAYS,
+    METRICS,
+    NUM_EXAMPLES,
+    SITE,
+    TRAIN_LOSS,
+    refusal_reason,
+    site_name,
+    site_record,
+    to_array,
+)
 
 logger = logging.getLogger(__name__)
 
 # Fixed-point range of each masked value: updates beyond it are clipped by the protocol.
 CLIPPING_RANGE = 8.0
+# The site name of the aggregate's reply (in the strategy's rejections, if any).
+SECURE_AGGREGATE = "secure aggregate"
 
 
 @dataclass(frozen=True)
@@ -51,13 +66,26 @@ class SecAggSettings:
 
 @dataclass
 class SecureRound:
-    """What one secure round yields to the round loop."""
+    """What one secure round yields to the round executor."""
 
     replies: list[Message]  # the sites' training replies: metrics only, arrays stripped
-    arrays: ArrayRecord | None  # new global weights, None when no site contributed
+    aggregate: ArrayRecord | None  # global weights plus the mean update; None: no sum
     rejected: list[dict]  # refusals and failures: {"site", "reason"}
     accepted: int  # sites whose update is in the sum
-    train_loss: float | None
+    num_examples: int  # their training patients
+    train_loss: float | None  # their patient-weighted training loss
+
+    def as_reply(self, request: Message) -> Message:
+        """The aggregate as one training reply of the whole consortium, so that the
+        strategy (its update guard and post-aggregation step) treats it like any reply."""
+        assert self.aggregate is not None
+        metrics = {NUM_EXAMPLES: self.num_examples}
+        if self.train_loss is not None:
+            metrics[TRAIN_LOSS] = self.train_loss
+        return Message(content=RecordDict({ARRAYS: self.aggregate,
+                                           METRICS: MetricRecord(metrics),
+                                           SITE: site_record(SECURE_AGGREGATE)}),
+                       reply_to=request)
 
 
 @dataclass
@@ -109,16 +137,17 @@ def secure_train_round(
     grid: Grid,
     server_round: int,
     arrays: ArrayRecord,
+    nodes: Sequence[int],
     config: ConfigRecord,
     *,
     max_weight: int,
     settings: SecAggSettings,
 ) -> SecureRound:
-    """One training round over every connected site, aggregated with SecAgg+."""
-    nodes = sorted(grid.get_node_ids())
+    """One training round over ``nodes``, aggregated with SecAgg+: the mean update only."""
+    nodes = sorted(nodes)
     if len(nodes) < 3:
         # Two parties could each subtract their own update from the sum.
-        raise ValueError(f"secure aggregation needs at least 3 sites, {len(nodes)} connected")
+        raise ValueError(f"secure aggregation needs at least 3 sites, {len(nodes)} sampled")
     keys = list(arrays.keys())
     global_nd = [arrays[k].numpy() for k in keys]
     strategy = _SumOnlyStrategy(nodes, config)
@@ -144,16 +173,14 @@ def secure_train_round(
     rejected = _rejections(replies, nodes)
     contributing = [r for r in replies if not r.has_error() and refusal_reason(r.content) is None]
     if strategy.mean_update is None or not contributing:
-        return SecureRound(replies, None, rejected, len(contributing), None)
-    new = {k: g + u.astype(g.dtype).reshape(g.shape)
-           for k, g, u in zip(keys, global_nd, strategy.mean_update, strict=True)}
-    if not all(np.isfinite(v).all() for v in new.values()):
-        rejected.append({"site": "aggregate", "reason": "the unmasked sum is not finite"})
-        return SecureRound(replies, None, rejected, 0, None)
+        return SecureRound(replies, None, rejected, len(contributing), 0, None)
+    aggregate = ArrayRecord({k: to_array(g + u.astype(g.dtype).reshape(g.shape))
+                             for k, g, u in zip(keys, global_nd, strategy.mean_update,
+                                                strict=True)})
     n = np.array([float(r.content[METRICS][NUM_EXAMPLES]) for r in contributing])
-    loss = np.array([float(r.content[METRICS]["train-loss"]) for r in contributing])
-    return SecureRound(replies, ArrayRecord({k: to_array(v) for k, v in new.items()}), rejected,
-                       len(contributing), float((n * loss).sum() / n.sum()))
+    loss = np.array([float(r.content[METRICS][TRAIN_LOSS]) for r in contributing])
+    return SecureRound(replies, aggregate, rejected, len(contributing), int(n.sum()),
+                       float((n * loss).sum() / n.sum()))
 
 
 def _rejections(replies: list[Message], nodes: list[int]) -> list[dict]:

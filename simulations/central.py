@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from common.config import RunConfig
-from common.data import MultiOmicsData
-from common.federation import SimulatedFederation
+from common.dataset.multiomics import MultiOmicsData
 from common.metrics import METRIC_KEYS
 from common.preprocessing import Standardizer
+from common.simulated_federation import SimulatedFederation
 
 logger = logging.getLogger(__name__)
 

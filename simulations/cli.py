@@ -1,59 +1,60 @@
-"""``cancer-alpha``: the project's command line.
+"""Simulation commands of ``cancer-alpha``: ``simulate``, ``train-central``, ``baselines``,
+``evaluate`` and ``audit privacy`` (mounted by :mod:`common.cli` through entry points).
 
-Each package contributes its commands (``site ...`` from ``client``); this module
-composes them. Torch and Flower are imported inside commands so ``--help`` stays fast.
+Options default to None: only the options given override the run configuration's
+defaults (:class:`common.config.RunConfig`). Torch and Flower are imported inside
+commands so ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
-from client.cli import app as site_app
-from common.config import RunConfig
-from server.cli import coordinator_app, pki_app
-from server.serving.cli import audit_verify, auth_app, registry_app, serve
+from common.config import DP_MODES, RunConfig
 
-app = typer.Typer(
-    name="cancer-alpha",
-    help="Federated multi-omics cancer classification: simulate a consortium of hospitals, "
-    "train centrally or with classical baselines on the same split, evaluate and audit a "
-    "model, check a site's data, and serve the global model.",
-    no_args_is_help=True,
-    add_completion=False,
-    # Never print local variables in tracebacks: they may hold patient data.
-    pretty_exceptions_show_locals=False,
-)
-app.add_typer(site_app, name="site", help="Commands a hospital site runs on its own data.")
-app.add_typer(coordinator_app, name="coordinator",
-              help="Run the consortium coordinator (Flower SuperLink, TLS + node authentication).")
-app.add_typer(pki_app, name="pki", help="Consortium CA, coordinator certificate and site keys.")
 console = Console(stderr=True)
 _DEFAULT = RunConfig()
+_NO_DP = RunConfig.preset("none")
 
-DataOpt = Annotated[str, typer.Option(
-    "--data", help="Dataset directory, or a bundled alias: brca, rosmap.")]
-TestDataOpt = Annotated[str, typer.Option(
-    "--test-data", help="Separate dataset directory used as the global test split.")]
-ManifestOpt = Annotated[str, typer.Option(
+
+def _default(value: Any) -> str:
+    """Help text suffix naming an option's default (options themselves default to None)."""
+    return f"  [default: {value}]"
+
+
+DataOpt = Annotated[str | None, typer.Option(
+    "--data", help="Dataset directory, or a bundled alias: brca, rosmap."
+    + _default(_DEFAULT.data))]
+TestDataOpt = Annotated[str | None, typer.Option(
+    "--test-data", help="Separate dataset directory used as the global test split "
+    "(default: hold out a stratified test split of --data).")]
+ManifestOpt = Annotated[str | None, typer.Option(
     "--manifest", help="Manifest (dataset.toml) for --data, if not inside the directory.")]
-PartitionOpt = Annotated[str, typer.Option(
-    "--partition", help="site (tissue-source site), iid, or dirichlet:ALPHA.")]
-SitesOpt = Annotated[int, typer.Option(
+PartitionOpt = Annotated[str | None, typer.Option(
+    "--partition", help="site (tissue-source site), iid, or dirichlet:ALPHA."
+    + _default(_DEFAULT.partition))]
+SitesOpt = Annotated[int | None, typer.Option(
     "--sites", help="Hospitals: for site, keep the N-1 largest and merge the rest; "
-    "for iid/dirichlet, the count. 0 = automatic.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the split, init and training.")]
+    "for iid/dirichlet, the count. 0 = automatic." + _default(str(_DEFAULT.sites)))]
+SeedOpt = Annotated[int | None, typer.Option(
+    "--seed", help="Seed for the split, init and training." + _default(str(_DEFAULT.seed)))]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory to write.")]
-RoundsOpt = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
-EpochsOpt = Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (not None), as run config settings."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in options.items()
+            if v is not None}
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -63,77 +64,85 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False)],
         force=True,
     )
-    for noisy in ("flwr", "ray"):
+    # Per-round, per-site events (a site declining a round, a stop) are summed up in the
+    # summary or the error line; -v shows them as they happen.
+    for noisy in ("flwr", "ray", "server.rounds", "strategies"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
+    console.print(Text(f"error: {exc}", style="bold red"))
     raise typer.Exit(2) from exc
 
 
-@app.command()
 def simulate(
-    data: DataOpt = _DEFAULT.data,
-    test_data: TestDataOpt = "",
-    manifest: ManifestOpt = "",
-    partition: PartitionOpt = _DEFAULT.partition,
-    sites: SitesOpt = 0,
+    data: DataOpt = None,
+    test_data: TestDataOpt = None,
+    manifest: ManifestOpt = None,
+    partition: PartitionOpt = None,
+    sites: SitesOpt = None,
     rounds: Annotated[int | None, typer.Option(
-        "--rounds", help="Federated rounds [default: 20 with --dp local, else 10].")] = None,
+        "--rounds", help="Federated rounds."
+        + _default(f"{_DEFAULT.rounds} with --dp local, else {_NO_DP.rounds}"))] = None,
     local_epochs: Annotated[int | None, typer.Option(
-        "--local-epochs", help="Local epochs per round [default: 1 with --dp local, else 4]."
-    )] = None,
-    strategy: Annotated[str, typer.Option(
-        help="fedavg, fedavgm (server momentum) or fedprox.")] = _DEFAULT.strategy,
-    proximal_mu: Annotated[float, typer.Option(help="FedProx proximal weight.")] = (
-        _DEFAULT.proximal_mu),
-    min_site_size: Annotated[int, typer.Option(
-        help="site partition: smaller sites are merged into 'other'.")] = _DEFAULT.min_site_size,
-    seed: SeedOpt = _DEFAULT.seed,
+        "--local-epochs", help="Local epochs per round."
+        + _default(f"{_DEFAULT.local_epochs} with --dp local, else {_NO_DP.local_epochs}"))
+    ] = None,
+    strategy: Annotated[str | None, typer.Option(
+        help="fedavg, fedavgm (server momentum) or fedprox."
+        + _default(_DEFAULT.strategy))] = None,
+    proximal_mu: Annotated[float | None, typer.Option(
+        help="FedProx proximal weight." + _default(str(_DEFAULT.proximal_mu)))] = None,
+    min_site_size: Annotated[int | None, typer.Option(
+        help="site partition: smaller sites are merged into 'other'."
+        + _default(str(_DEFAULT.min_site_size)))] = None,
+    seed: SeedOpt = None,
     out: OutOpt = None,
-    dp: Annotated[str, typer.Option(
-        help="Differential privacy: none; local (DP-SGD at every site); central (server "
-        "clips site updates and noises their mean). Local DP trains the small model "
-        "of common.config.LOCAL_DP_PRESET.")] = "local",
-    epsilon: Annotated[float, typer.Option(
-        help="Local DP: each site's privacy budget epsilon.")] = _DEFAULT.epsilon,
-    delta: Annotated[float, typer.Option(
-        help="Local DP: delta; 0 = 1/(10 n) for a site with n patients.")] = _DEFAULT.delta,
-    max_grad_norm: Annotated[float, typer.Option(
-        help="Local DP: per-sample gradient clipping bound.")] = _DEFAULT.max_grad_norm,
-    state_dir: Annotated[str, typer.Option(
-        help="Local DP: sites' privacy ledgers go to STATE_DIR/<site> "
-        "(default runs/site-state).")] = "",
-    secagg: Annotated[bool, typer.Option(
+    dp: Annotated[str | None, typer.Option(
+        help=f"Differential privacy: {', '.join(DP_MODES)}. local: DP-SGD at every "
+        "site, with a small model and many one-epoch rounds chosen for it; central: the "
+        "server clips site updates and noises their mean." + _default(_DEFAULT.dp))] = None,
+    epsilon: Annotated[float | None, typer.Option(
+        help="Privacy budget epsilon: each site's (local DP) or the run's (central DP)."
+        + _default(str(_DEFAULT.epsilon)))] = None,
+    delta: Annotated[float | None, typer.Option(
+        help="Privacy delta; 0 = 1/(10 n) for a site with n patients (local DP) or "
+        "1/(10 sites) (central DP)." + _default(str(_DEFAULT.delta)))] = None,
+    max_grad_norm: Annotated[float | None, typer.Option(
+        help="Clipping bound: per-sample gradients (local DP) or site updates (central DP)."
+        + _default(str(_DEFAULT.max_grad_norm)))] = None,
+    state_dir: Annotated[str | None, typer.Option(
+        help="Local DP: keep the virtual hospitals' privacy ledgers in STATE_DIR/<site>, "
+        "so their budgets carry over between runs (default: inside the run directory, "
+        "fresh budgets every run).")] = None,
+    secagg: Annotated[bool | None, typer.Option(
         "--secagg", help="Secure aggregation (Flower SecAgg+): the coordinator sees only "
-        "the sum of the sites' updates. Needs 3 or more sites.")] = False,
-    secagg_threshold: Annotated[float, typer.Option(
-        help="SecAgg+: fraction of a site's neighbours needed to unmask it.")] = (
-        _DEFAULT.secagg_threshold),
+        "the sum of the sites' updates. Needs 3 or more sites.")] = None,
+    secagg_threshold: Annotated[float | None, typer.Option(
+        help="SecAgg+: fraction of a site's neighbours needed to unmask it."
+        + _default(str(_DEFAULT.secagg_threshold)))] = None,
     compare: Annotated[bool, typer.Option(
         help="Also train the centralized model and the baselines on the same split.")] = True,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run a federation of virtual hospitals on one machine (Flower simulation engine).
 
     With no options: the bundled TCGA BRCA data, one hospital per tissue source site,
-    FedAvg. Writes a run directory with config.json, metrics.json, the model bundle,
-    per-round curves and a confusion matrix.
+    FedAvg with local differential privacy (see --dp and --epsilon). Writes a run
+    directory with config.json, metrics.json, the model bundle, per-round curves and a
+    confusion matrix.
     """
     _setup_logging(verbose)
     from simulations.runner import simulate as run
 
     try:
-        given = {k: v for k, v in {"rounds": rounds, "local_epochs": local_epochs}.items()
-                 if v is not None}
-        cfg = RunConfig.for_privacy(
-            dp, data=data, test_data=test_data, manifest=manifest, partition=partition,
-            sites=sites, strategy=strategy, proximal_mu=proximal_mu,
-            min_site_size=min_site_size, seed=seed, out=str(out) if out else "",
+        cfg = RunConfig.preset(dp, **_given(
+            data=data, test_data=test_data, manifest=manifest, partition=partition,
+            sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
+            proximal_mu=proximal_mu, min_site_size=min_site_size, seed=seed, out=out,
             epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, state_dir=state_dir,
-            secagg=secagg, secagg_threshold=secagg_threshold, **given)
-        from server.federation import FederationError
+            secagg=secagg, secagg_threshold=secagg_threshold))
+        from server.rounds import FederationError
 
         run_dir = run(cfg, compare=compare, verbose=verbose)
     except (ValueError, FileNotFoundError, FederationError) as exc:
@@ -168,21 +177,22 @@ def _print_summary(run_dir: Path) -> None:
                         f"{min(spent.values()):.3f} to {max(spent.values()):.3f} "
                         f"(budget {budget:g} each unless a site set its own)")
     if metrics.get("stopped_early"):
-        Console().print(f"[yellow]stopped early:[/] {metrics['stopped_early']}")
+        stopped = str(metrics["stopped_early"])
+        Console().print(Text("stopped early: ", style="yellow") + Text(stopped))
 
 
-@app.command("train-central")
 def train_central_cmd(
-    data: DataOpt = _DEFAULT.data,
-    test_data: TestDataOpt = "",
-    manifest: ManifestOpt = "",
-    partition: PartitionOpt = _DEFAULT.partition,
-    sites: SitesOpt = 0,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on val).")] = (
-        _DEFAULT.rounds * _DEFAULT.local_epochs),
-    seed: SeedOpt = _DEFAULT.seed,
+    data: DataOpt = None,
+    test_data: TestDataOpt = None,
+    manifest: ManifestOpt = None,
+    partition: PartitionOpt = None,
+    sites: SitesOpt = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Maximum epochs (early stopping on val)."
+        + _default(str(_NO_DP.rounds * _NO_DP.local_epochs)))] = None,
+    seed: SeedOpt = None,
     out: OutOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train the same model on pooled data, with the split a federation would use.
 
@@ -190,12 +200,14 @@ def train_central_cmd(
     given --partition, so the result is comparable with `simulate`.
     """
     _setup_logging(verbose)
-    from common.federation import load_federation
+    from common.simulated_federation import load_federation
     from simulations.central import train_central
 
     try:
-        cfg = RunConfig(data=data, test_data=test_data, manifest=manifest, partition=partition,
-                        sites=sites, rounds=epochs, local_epochs=1, seed=seed)
+        schedule = {} if epochs is None else {"rounds": epochs, "local_epochs": 1}
+        cfg = RunConfig.preset("none", **schedule, **_given(
+            data=data, test_data=test_data, manifest=manifest, partition=partition,
+            sites=sites, seed=seed))
         fed = load_federation(cfg)
         result = train_central(fed, cfg, (out / "model") if out else None)
     except (ValueError, FileNotFoundError) as exc:
@@ -210,39 +222,39 @@ def train_central_cmd(
                      indent=2))
 
 
-@app.command()
 def baselines(
-    data: DataOpt = _DEFAULT.data,
-    test_data: TestDataOpt = "",
-    manifest: ManifestOpt = "",
-    partition: PartitionOpt = _DEFAULT.partition,
-    sites: SitesOpt = 0,
-    seed: SeedOpt = _DEFAULT.seed,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data: DataOpt = None,
+    test_data: TestDataOpt = None,
+    manifest: ManifestOpt = None,
+    partition: PartitionOpt = None,
+    sites: SitesOpt = None,
+    seed: SeedOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Logistic regression, random forest, SVM and gradient boosting on the same split."""
     _setup_logging(verbose)
-    from common.federation import load_federation
     from common.metrics import METRIC_KEYS
+    from common.simulated_federation import load_federation
     from simulations.central import run_baselines_on_split
 
     try:
-        cfg = RunConfig(data=data, test_data=test_data, manifest=manifest, partition=partition,
-                        sites=sites, seed=seed)
-        results = run_baselines_on_split(load_federation(cfg), seed)
+        cfg = RunConfig(**_given(data=data, test_data=test_data, manifest=manifest,
+                                 partition=partition, sites=sites, seed=seed))
+        results = run_baselines_on_split(load_federation(cfg), cfg.seed)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
     print(json.dumps({name: {k: m[k] for k in METRIC_KEYS} for name, m in results.items()},
                      indent=2))
 
 
-@app.command()
 def evaluate(
     model: Annotated[Path, typer.Option("--model", help="Run directory or model bundle.")],
-    data: DataOpt,
-    split: Annotated[str, typer.Option(help="Split of --data to use (manifest splits).")] = "",
-    manifest: ManifestOpt = "",
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    data: Annotated[str, typer.Option(
+        "--data", help="Dataset directory, or a bundled alias: brca, rosmap.")],
+    split: Annotated[str, typer.Option(
+        help="Split of --data to use (manifest splits; default: all patients).")] = "",
+    manifest: ManifestOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Score a trained model on a labelled dataset; prints metrics as JSON.
 
@@ -269,17 +281,6 @@ def evaluate(
     print(json.dumps(metrics, indent=2))
 
 
-audit_app = typer.Typer(help="Audits: membership inference against a trained model; the "
-                        "inference service's audit log.", no_args_is_help=True)
-app.add_typer(audit_app, name="audit")
-app.add_typer(registry_app, name="registry",
-              help="The model registry: register, list, show and promote models.")
-app.add_typer(auth_app, name="auth", help="Access tokens for the inference service.")
-app.command("serve")(serve)
-audit_app.command("verify")(audit_verify)
-
-
-@audit_app.command("privacy")
 def audit_privacy(
     model: Annotated[list[Path], typer.Option(
         "--model", help="Run directory to audit (repeat the option to compare runs).")],
@@ -287,7 +288,7 @@ def audit_privacy(
         "--data", help="Dataset directory, if it moved since the run.")] = "",
     json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the results to this JSON file.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Membership-inference attack: training patients (members) versus test patients.
 
@@ -296,7 +297,7 @@ def audit_privacy(
     """
     _setup_logging(verbose)
     from common.bundle import BundleError
-    from simulations.audit import membership_inference
+    from simulations.membership_inference import membership_inference
 
     try:
         results = [membership_inference(run_dir, data) for run_dir in model]
@@ -320,17 +321,3 @@ def audit_privacy(
         from common.bundle import write_json
 
         write_json(json_out, results)
-
-
-def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
-
-
-

@@ -15,8 +15,12 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.config import RunConfig, offline_flower_env
+
+if TYPE_CHECKING:
+    from common.simulated_federation import SimulatedFederation
 
 logger = logging.getLogger(__name__)
 
@@ -29,18 +33,23 @@ def simulate(
     cfg: RunConfig, *, compare: bool = True, show_progress: bool = True, verbose: bool = False
 ) -> Path:
     """Federated training on the simulation engine; returns the run directory."""
+    from strategies import check_combination
+
+    check_combination(cfg)
     offline_flower_env()
     from flwr.simulation import run_simulation
 
     _flower_logging(verbose)
 
     from client.app import build_client_app
-    from common.federation import load_federation
+    from common.simulated_federation import load_federation
     from server.app import build_server_app, default_run_dir
 
     fed = load_federation(cfg)  # fails fast, with the loader's message, on bad data
     run_id = new_run_id()
     run_dir = default_run_dir(cfg, run_id) if cfg.out else Path("runs") / f"sim-{run_id}"
+    # Virtual hospitals keep their ledgers in the run directory (fresh budgets) unless
+    # the user named a state directory: RunConfig.site_state_root.
     cfg = replace(cfg, out=str(run_dir))
     overrides = cfg.to_flower()
     n_sites = len(fed.plan.sites)
@@ -49,15 +58,31 @@ def simulate(
                          f"partition has {n_sites}")
     logger.info("simulating %d hospitals (%s partition), %d rounds -> %s",
                 n_sites, cfg.partition, cfg.rounds, run_dir)
-    with _RoundProgress(cfg.rounds, enabled=show_progress) as progress:
-        started = time.perf_counter()
-        run_simulation(
-            server_app=build_server_app(overrides, run_id=run_id, on_round=progress.update),
-            client_app=build_client_app(overrides),
-            num_supernodes=n_sites,
-            backend_config=_backend_config(),
-        )
-        wall = time.perf_counter() - started
+    spent_before = spent_budgets(cfg, fed)
+    from server.rounds import FederationError
+
+    try:
+        with _RoundProgress(cfg.rounds, enabled=show_progress) as progress:
+            started = time.perf_counter()
+            run_simulation(
+                server_app=build_server_app(overrides, run_id=run_id, on_round=progress.update),
+                client_app=build_client_app(overrides),
+                num_supernodes=n_sites,
+                backend_config=_backend_config(),
+            )
+            wall = time.perf_counter() - started
+    except FederationError as exc:
+        spent = {site: eps for site, (eps, _) in spent_before.items() if eps > 0}
+        if len(spent) <= n_sites - cfg.min_sites:
+            raise
+        budget = max(b for _, b in spent_before.values())
+        # One line instead of every site's refusal: the kept ledgers are the cause.
+        low, high = min(spent.values()), max(spent.values())
+        raise FederationError(
+            f"no round could be trained: the sites declined the round, {len(spent)} of "
+            f"{n_sites} virtual hospitals having already spent epsilon {low:.2f} to "
+            f"{high:.2f} of their {budget:g} in {cfg.site_state_root()}; name a new "
+            "--state-dir, or leave it out so every run starts with fresh budgets") from exc
     if not (run_dir / "metrics.json").exists():
         raise RuntimeError(f"the simulation ended without writing {run_dir}/metrics.json; "
                            "see the log above for the ServerApp error")
@@ -69,6 +94,22 @@ def simulate(
 
         update_metrics(run_dir, comparison=compare_on_split(fed, cfg, run_dir))
     return run_dir
+
+
+def spent_budgets(cfg: RunConfig, fed: SimulatedFederation) -> dict[str, tuple[float, float]]:
+    """Site -> (epsilon already spent, epsilon budget) in the ledgers of a kept state
+    directory; empty without local DP or when the ledgers are the run's own (fresh)."""
+    if cfg.dp != "local" or not cfg.state_dir:
+        return {}
+    from client.dp import site_privacy
+
+    spent = {}
+    for site in fed.plan.sites:
+        privacy = site_privacy(site.name, len(site.train), {}, cfg)
+        if privacy is not None:
+            spent[site.name] = (privacy.ledger.epsilon(privacy.budget.delta),
+                                privacy.budget.epsilon)
+    return spent
 
 
 def _flower_logging(verbose: bool) -> None:

@@ -1,17 +1,10 @@
-"""Aggregation strategies, one per module; :func:`build_strategy` picks one by name."""
+"""Aggregation strategies, one per module; :mod:`strategies.registry` knows them by name."""
 
-from __future__ import annotations
+from strategies.registry import (
+    build_strategy,
+    check_combination,
+    strategy_for_run,
+    strategy_names,
+)
 
-from typing import Any
-
-
-def build_strategy(name: str, **options: Any):
-    """``fedavg``, ``fedavgm`` (server momentum), ``fedprox`` or ``central-dp`` (FedAvg with
-    server-side clipping and noise) built with the run's options (see each ``build``)."""
-    from strategies import central_dp, fedavg, fedavgm, fedprox
-
-    builders = {"fedavg": fedavg.build, "fedavgm": fedavgm.build, "fedprox": fedprox.build,
-                "central-dp": central_dp.build}
-    if name not in builders:
-        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(builders)}")
-    return builders[name](**options)
+__all__ = ["build_strategy", "check_combination", "strategy_for_run", "strategy_names"]

@@ -7,7 +7,7 @@ Gaussian noise of standard deviation ``z * C / n`` is added to every coordinate.
 round is one Gaussian mechanism on all sites (no sampling amplification), accounted
 with Rényi DP over the rounds released. Unlike local DP, the server sees the sites'
 clean updates: choose it when the coordinator is trusted and only the released model
-must be private (see README, "Central DP or local DP").
+must be private (see docs/privacy.md, "Central DP or local DP").
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from common.protocol import ARRAYS, to_array
 from strategies.guard import UpdateGuard
-from strategies.metrics import pool_evaluation
+from strategies.spec import StrategySpec
+from strategies.validation_pooling import pool_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -95,10 +96,24 @@ class CentralDPFedAvg(UpdateGuard, FlowerFedAvg):
 
 
 def build(fraction_train: float, min_sites: int, noise_multiplier: float,
-          clipping_norm: float, seed: int, **_: object) -> CentralDPFedAvg:
+          clipping_norm: float, seed: int) -> CentralDPFedAvg:
     return CentralDPFedAvg(
         noise_multiplier=noise_multiplier, clipping_norm=clipping_norm, seed=seed,
         fraction_train=fraction_train, min_train_nodes=min_sites,
         min_evaluate_nodes=min_sites, min_available_nodes=min_sites,
         evaluate_metrics_aggr_fn=pool_evaluation,
     )
+
+
+SPEC = StrategySpec(
+    name="central-dp",
+    summary="equal-weight FedAvg of clipped updates plus Gaussian noise (--dp central)",
+    build=build,
+    options={"fraction_train": "fraction_train", "min_sites": "min_sites",
+             "noise_multiplier": None, "clipping_norm": "max_grad_norm", "seed": "seed"},
+    refused_dp={"none": "the central DP aggregator runs only with --dp central",
+                "local": "the central DP aggregator runs only with --dp central"},
+    refused_secagg=("secure aggregation hides the individual updates that central DP must "
+                    "clip; combine --secagg with --dp local or none"),
+    selectable=False,
+)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simulations.audit import attack_metrics
+from simulations.membership_inference import attack_metrics
 
 
 def test_separable_scores_give_auc_one_and_full_tpr():

@@ -12,10 +12,10 @@ import torch
 
 from common.bundle import BUNDLE_VERSION, BundleError, load_bundle, save_bundle
 from common.config import ModelConfig, RunConfig, TrainConfig
-from common.data import MultiOmicsData
+from common.dataset.multiomics import MultiOmicsData
 from common.model import ModelSpec, build_model
 from common.preprocessing import MIN_PATIENTS_FOR_STATS, FeatureStats, Standardizer
-from common.protocol import RoundConfig, SiteDescription
+from common.protocol import SERVER_ROUND, RoundConfig, SiteDescription
 from common.schema import FeatureSchema
 from common.training import predict_proba
 
@@ -152,6 +152,20 @@ def test_saving_over_a_bundle_replaces_it_completely(bundle_dir):
                        predict_proba(other_model, std.transform(data)), atol=1e-6)
 
 
+def test_write_json_replaces_the_file_with_numpy_values_and_nan(tmp_path: Path):
+    import json
+    import math
+
+    from common.bundle import write_json
+
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    write_json(path, {"auc": float("nan"), "n": np.int64(3), "w": np.arange(2.0)})
+    back = json.loads(path.read_text())
+    assert math.isnan(back["auc"]) and back["n"] == 3 and back["w"] == [0.0, 1.0]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
+
+
 def test_bundle_predicts_without_a_whole_modality(bundle_dir, caplog):
     directory, data, _, _ = bundle_dir
     reduced_schema = make_schema({"rna": 6, "clin": 2})
@@ -213,7 +227,7 @@ def test_run_config_unknown_nested_key_is_named(key):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("strategy", "foo"), ("rounds", 0), ("test_fraction", 1.5), ("local_epochs", 0),
+    [("rounds", 0), ("test_fraction", 1.5), ("local_epochs", 0),
      ("val_fraction", 0.0), ("fraction_train", 1.2), ("proximal_mu", -1.0)],
 )
 def test_run_config_invalid_values_name_the_field(field, value):
@@ -288,23 +302,15 @@ def test_transform_keeps_masked_rows_zero_and_constant_features_finite():
 
 
 def test_round_config_survives_a_flower_record():
-    data = make_data(n=30, seed=4)
-    std = Standardizer.fit(data)
-    rc = RoundConfig(schema=data.schema, standardizer=std,
-                     class_weight=np.array([0.5, 1.25, 2.0], dtype=np.float32),
-                     local_epochs=3, progress_start=0.2, progress_end=0.3, proximal_mu=0.01)
+    rc = RoundConfig(setup_digest="0123abcd", local_epochs=3, progress_start=0.2,
+                     progress_end=0.3, proximal_mu=0.01)
     record = rc.to_record()
-    record["server-round"] = 4  # Flower's strategies add this key
+    record[SERVER_ROUND] = 4  # Flower's strategies add this key
     back = RoundConfig.from_record(record)
-    assert back.schema == rc.schema
-    assert np.allclose(back.class_weight, rc.class_weight)
+    assert back.setup_digest == "0123abcd"
     assert (back.local_epochs, back.server_round) == (3, 4)
     assert back.progress_start == pytest.approx(0.2) and back.progress_end == pytest.approx(0.3)
     assert back.proximal_mu == pytest.approx(0.01)
-    assert set(back.standardizer.mean) == set(data.modality_names)
-    for m in data.modality_names:
-        assert np.allclose(back.standardizer.mean[m], std.mean[m])
-        assert np.allclose(back.standardizer.std[m], std.std[m])
 
 
 def test_site_description_survives_a_flower_record():
@@ -335,3 +341,35 @@ def test_pyproject_flower_config_matches_run_config_defaults():
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     declared = flatten_dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])
     assert declared == RunConfig().to_flower()
+
+
+def test_flower_app_config_is_the_private_federation_simulate_runs():
+    """`flwr run .` and `cancer-alpha simulate` with no options run the same config: the
+    dataclass defaults, local DP with the model chosen for it."""
+    import tomllib
+
+    from flwr.common.config import flatten_dict
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    declared = flatten_dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])
+    assert RunConfig.from_flower(declared) == RunConfig() == RunConfig.preset()
+    assert declared["dp"] == RunConfig.dp == "local"
+    assert RunConfig().model == ModelConfig.for_local_dp()
+
+
+def test_presets_change_only_the_privacy_mode_schedule_and_model():
+    private, plain, central = RunConfig(), RunConfig.preset("none"), RunConfig.preset("central")
+    changed = {k for k, v in plain.to_dict().items() if private.to_dict()[k] != v}
+    assert changed == {"dp", "rounds", "local_epochs", "model", "train"}
+    assert (plain.model, plain.train) == (ModelConfig(), TrainConfig())
+    assert central.to_dict() == {**plain.to_dict(), "dp": "central"}
+    assert RunConfig.preset("none", rounds=3).rounds == 3
+
+
+def test_a_site_budget_defaults_to_the_run_budget():
+    from common.site_config import PrivacySettings
+
+    run = RunConfig()
+    site = PrivacySettings()
+    assert (site.epsilon, site.delta, site.max_noise_multiplier) == (
+        run.epsilon, run.delta, run.max_noise_multiplier)

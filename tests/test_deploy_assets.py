@@ -71,9 +71,9 @@ def _tool(name: str) -> str:
 
 @cache
 def _cli() -> click.Group:
-    from simulations.cli import app
+    from common.cli import build_app
 
-    return typer.main.get_command(app)
+    return typer.main.get_command(build_app())
 
 
 def _resolve(argv: list[str]) -> tuple[list[str], click.Command, list[str]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -29,139 +28,70 @@ from pathlib import Path
 
 import pytest
 
-from common.pki import Pki, init_pki, issue_site, revoke_site
+from common.pki import Pki, init_pki, issue_site
 from common.processes import (
     command_line,
     free_port,
     process_tree,
     processes_mentioning,
     send_signal,
-    stop_pids,
 )
+from simulations.consortium import DemoPartition, LoopbackConsortium, make_pki
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 SITES = ("site-a", "site-b", "site-c")
 # Small and short: the cost is dominated by one ClientApp process per message.
 RUN_OPTIONS = ["--local-epochs", "1",
-               "--run-config", "model.d-model=32 model.n-heads=2 train.batch-size=32"]
+               "--run-config", "dp=none model.d-model=32 model.n-heads=2 train.batch-size=32"]
 TIMEOUT = 420.0
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
-    root = tmp_path_factory.mktemp("pki") / "pki"
-    pki = init_pki(root)
-    for site in (*SITES, "revoked-site"):
-        issue_site(pki, site)
-    revoke_site(pki, "revoked-site")
-    return pki
+    return make_pki(tmp_path_factory.mktemp("pki") / "pki", SITES, revoked=["revoked-site"])
 
 
-class Consortium:
-    """A coordinator and its sites as real processes; remembers every PID it started."""
+class Consortium(LoopbackConsortium):
+    """The loopback consortium with the Prometheus endpoint on, whose sites hold one
+    partition each of one shared dataset (read in place)."""
 
     def __init__(self, root: Path, pki: Pki, data: Path) -> None:
-        self.root, self.pki, self.data = root, pki, data
-        self.port = free_port()
         self.metrics_port = free_port()
-        self.state = root / "coordinator"
-        self.procs: list[subprocess.Popen] = []
-        self.logs: dict[int, Path] = {}
-        self.env = {
-            **os.environ,
-            "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_TELEMETRY_ENABLED": "0",
-            # Two shared cores: one torch thread per process avoids oversubscription.
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-        }
+        # Two shared cores: one torch thread per process avoids oversubscription.
+        super().__init__(root, pki, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                         coordinator_options=["--metrics-port", str(self.metrics_port), "-v"])
+        self.data = data
 
-    def site_toml(self, site: str, *, key: Path | None = None, partition: int = 0) -> Path:
-        path = self.root / f"{site}.toml"
-        path.write_text(
-            f'[site]\nid = "{site}"\ndata-dir = "{self.data}"\nstate-dir = "state/{site}"\n'
-            f'device = "cpu"\n\n[coordinator]\naddress = "127.0.0.1:{self.port}"\n\n'
-            f'[tls]\nroot-certificates = "{self.pki.ca_cert}"\n'
-            f'private-key = "{key or self.pki.site_private_key(site)}"\n\n'
-            f"[supernode]\nport = {free_port()}\n\n"
-            f"[demo]\npartition-id = {partition}\nnum-partitions = {len(SITES)}\n")
-        return path
-
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = self.root / f"{name}-{len(self.procs)}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        self.logs[proc.pid] = log
-        return proc
-
-    def coordinator(self, run_name: str, *args: str) -> subprocess.Popen:
-        return self._spawn("coordinator", [
-            PY, "-m", "server.cli", "coordinator", "start", "--pki", str(self.pki.root),
-            "--state-dir", str(self.state), "--host", "127.0.0.1", "--port", str(self.port),
-            "--run-name", run_name, "--metrics-port", str(self.metrics_port), "-v", *args])
-
-    def site(self, site: str, **kw) -> subprocess.Popen:
+    def site(self, site: str, *args: str, key: Path | None = None) -> subprocess.Popen:
+        """Site ``site`` with partition k of the data (the k-th of SITES; others: 0)."""
         index = SITES.index(site) if site in SITES else 0
-        toml = self.site_toml(site, partition=index, **kw)
-        return self._spawn(site, [PY, "-m", "simulations.cli", "site", "start", "--config",
-                                  str(toml)])
+        toml = self.site_toml(site, self.data, key=key,
+                              demo=DemoPartition(index, len(SITES)))
+        return super().site(site, toml, *args)
 
     def start_sites(self) -> dict[str, subprocess.Popen]:
         return {s: self.site(s) for s in SITES}
 
-    def wait_registered(self, coordinator: subprocess.Popen, timeout: float = 120) -> dict:
-        """Sites may only start once the coordinator has registered their keys."""
-        path = self.state / "sites.json"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert coordinator.poll() is None, self.log(coordinator)
-            if path.exists():
-                registry = json.loads(path.read_text())
-                if set(registry) == set(SITES):
-                    return registry
-            time.sleep(0.5)
-        raise AssertionError("sites were not registered in time:\n" + self.log(coordinator))
+    def wait_registered(self, coordinator: subprocess.Popen, sites=SITES,
+                        timeout: float = 120.0) -> dict:
+        return super().wait_registered(coordinator, sites, timeout)
 
     def wait(self, proc: subprocess.Popen, timeout: float = TIMEOUT) -> int:
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running after {timeout:.0f} s:\n"
-                                 + self.log(proc)) from None
+        return super().wait(proc, timeout)
 
-    def log(self, proc: subprocess.Popen, lines: int = 60) -> str:
-        text = self.logs[proc.pid].read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
 
-    def kill(self, proc: subprocess.Popen) -> None:
-        """SIGKILL a process and everything it started: a crash, not a shutdown."""
-        send_signal(process_tree(proc.pid), signal.SIGKILL)
-        proc.wait(30)
-
-    def stop_all(self) -> None:
-        stop_pids([p for proc in self.procs for p in process_tree(proc.pid)], grace=15)
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-
-    def metrics(self, run_name: str) -> dict:
-        return json.loads((self.state / "runs" / run_name / "metrics.json").read_text())
+def _no_leftovers(root: Path) -> None:
+    leftover = processes_mentioning(str(root))
+    send_signal(leftover, signal.SIGKILL)
+    assert not leftover, [command_line(p) for p in leftover]
 
 
 @pytest.fixture
 def consortium(tmp_path, pki, bundled_dir):
-    c = Consortium(tmp_path, pki, bundled_dir("brca"))
-    try:
+    with Consortium(tmp_path, pki, bundled_dir("brca")) as c:
         yield c
-    finally:
-        c.stop_all()
-    leftover = processes_mentioning(str(tmp_path))
-    send_signal(leftover, signal.SIGKILL)
-    assert not leftover, [command_line(p) for p in leftover]
+    _no_leftovers(tmp_path)
 
 
 def _train_sites(record: dict) -> set[str]:
@@ -176,8 +106,9 @@ def test_federation_over_tls_with_node_auth_completes(consortium):
     with urllib.request.urlopen(
             f"http://127.0.0.1:{consortium.metrics_port}/metrics", timeout=10) as page:
         assert page.status == 200  # the coordinator's Prometheus endpoint is up
-    consortium.start_sites()
-    assert consortium.wait(coordinator) == 0, consortium.log(coordinator)
+    sites = consortium.start_sites()
+    assert consortium.wait_run(coordinator, list(sites.values()), TIMEOUT) == 0, \
+        consortium.log(coordinator)
 
     # The run's ServerApp process wrote its metrics for the coordinator to serve.
     from prometheus_client import CollectorRegistry
@@ -215,10 +146,10 @@ def test_unknown_revoked_keyless_and_plaintext_nodes_are_refused(consortium, tmp
     address = f"127.0.0.1:{consortium.port}"
     supernode = [str(Path(PY).parent / "flower-supernode"), "--superlink", address,
                  "--max-retries", "1", "--max-wait-time", "20"]
-    keyless = consortium._spawn("keyless", [
+    keyless = consortium.spawn("keyless", [
         *supernode, "--root-certificates", str(consortium.pki.ca_cert),
         "--port", str(free_port())])
-    plaintext = consortium._spawn("plaintext", [*supernode, "--insecure",
+    plaintext = consortium.spawn("plaintext", [*supernode, "--insecure",
                                                 "--port", str(free_port())])
     for proc in (stranger, revoked):
         assert consortium.wait(proc, 120) != 0
@@ -323,17 +254,71 @@ def test_coordinator_killed_and_resumed_continues_after_last_completed_round(con
         "finished:completed"
 
 
+# Three hospitals of the BRCA cohort, by the tissue-source-site code of the barcode
+# (TCGA-<code>-...); each has patients of all five subtypes.
+HOSPITAL_OF_SITE = {"site-a": "BH", "site-b": "A2", "site-c": "AR"}
+
+
+def _hospital_directories(brca: Path, root: Path) -> dict[str, Path]:
+    """Per site, a dataset directory with the rows of its hospital's patients from every
+    BRCA file (values as they are) and a dataset.toml describing them."""
+    import csv
+    import re
+    import tomllib
+
+    shipped = tomllib.loads((REPO / "common" / "manifests" / "brca.toml").read_text())
+    pattern = re.compile(shipped["dataset"]["site_pattern"])
+    files = [shipped["labels"]["file"], *shipped["modalities"].values()]
+    # The shipped manifest without its fingerprint: these files are not the bundled ones.
+    manifest = "".join(
+        f"[{table}]\n" + "".join(f"{key} = {json.dumps(value)}\n"
+                                 for key, value in shipped[table].items()) + "\n"
+        for table in ("dataset", "labels", "modalities"))
+    out = {}
+    for site, hospital in HOSPITAL_OF_SITE.items():
+        directory = root / f"{site}-data"
+        directory.mkdir(parents=True)
+        (directory / "dataset.toml").write_text(manifest)
+        for name in files:
+            with open(brca / name, newline="") as src, \
+                    open(directory / name, "w", newline="") as dst:
+                rows = csv.reader(src)
+                writer = csv.writer(dst, lineterminator="\n")
+                writer.writerow(next(rows))
+                writer.writerows(r for r in rows
+                                 if (m := pattern.search(r[0])) and m.group(1) == hospital)
+        out[site] = directory
+    return out
+
+
+@pytest.mark.e2e
+def test_sites_train_on_their_own_data_directories(tmp_path, pki, bundled_dir):
+    directories = _hospital_directories(bundled_dir("brca"), tmp_path / "hospitals")
+    patients = {site: len((d / "target.csv").read_text().splitlines()) - 1
+                for site, d in directories.items()}
+    assert all(n >= 60 for n in patients.values()), patients
+    with LoopbackConsortium(tmp_path, pki,
+                            env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}) as c:
+        coordinator = c.coordinator("own-data", "--rounds", "2", "--min-sites", "3",
+                                    *RUN_OPTIONS)
+        c.wait_registered(coordinator, SITES)
+        # No [demo] table: each site reads the whole of its own data-dir.
+        tomls = {site: c.site_toml(site, directory) for site, directory in directories.items()}
+        assert not any("[demo]" in toml.read_text() for toml in tomls.values())
+        sites = [c.site(site, toml) for site, toml in tomls.items()]
+        assert c.wait_run(coordinator, sites, timeout=TIMEOUT) == 0, c.log(coordinator)
+        m = c.metrics("own-data")
+    _no_leftovers(tmp_path)
+
+    assert m["rounds_run"] == 2
+    # Every patient of a hospital is in its site's training or validation split.
+    assert {s["site"]: s["n_train"] + s["n_val"] for s in m["sites"]} == patients
+    for record in m["rounds"]:
+        assert _train_sites(record) == set(SITES) and record["rejected"] == []
+        assert 0.0 <= record["val"]["f1_macro"] <= 1.0
+
+
 # --- fast tests of the pieces the real-process tests rely on ---------------------------------
-@pytest.fixture
-def task_identity(monkeypatch):
-    """Flower messages need a run/task identity outside a running app."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
-
-
 class ScriptedGrid:
     """A Grid whose nodes answer (or not) and go offline on a script."""
 
@@ -365,32 +350,55 @@ def _messages(nodes):
             for n in nodes]
 
 
-def test_exchange_gives_up_a_node_that_went_offline_even_if_it_returns(task_identity):
-    from server.federation import exchange
+class VirtualClock:
+    """Stands in for the ``time`` module of :mod:`server.rounds.exchange`: sleeping
+    advances the clock at once, so waits are checked by their length, not measured."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps = 0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> VirtualClock:
+    from server.rounds import exchange as module
+
+    fake = VirtualClock()
+    monkeypatch.setattr(module, "time", fake)
+    return fake
+
+
+def test_exchange_gives_up_a_node_that_went_offline_even_if_it_returns(task_identity, clock):
+    from server.rounds.exchange import exchange
 
     # Node 3 never answers; it is offline for one poll, then back (a quick restart).
     grid = ScriptedGrid(answering={1, 2}, online=[{1, 2, 3}, {1, 2}, {1, 2, 3}])
-    t0 = time.monotonic()
     replies, lost = exchange(grid, _messages([1, 2, 3]), timeout=60)
     assert len(replies) == 2 and lost == [3]
-    assert time.monotonic() - t0 < 5  # not the timeout
+    assert clock.sleeps <= 2 and clock.now < 1  # given up at the offline poll, not at 60 s
 
 
-def test_exchange_stops_waiting_at_the_timeout(task_identity):
-    from server.federation import exchange
+def test_exchange_stops_waiting_at_the_timeout(task_identity, clock):
+    from server.rounds.exchange import exchange
 
     grid = ScriptedGrid(answering={1}, online=[{1, 2}])
-    t0 = time.monotonic()
     replies, lost = exchange(grid, _messages([1, 2]), timeout=0.5)
     assert len(replies) == 1 and lost == [2]
-    assert 0.5 <= time.monotonic() - t0 < 5
+    assert 0.5 <= clock.now < 0.5 + 1.0  # stopped at the first poll past the deadline
 
 
 def test_checkpoint_round_trip_and_config_guard(tmp_path):
     import torch
 
     from common.config import RunConfig
-    from server.federation import (
+    from server.rounds import (
         Checkpoint,
         FederationError,
         load_checkpoint,
@@ -432,7 +440,7 @@ def test_coordinator_run_config_new_resume_and_errors(tmp_path):
 
     with pytest.raises(CoordinatorError, match="nothing to resume"):
         prepare_run_config(cfg(resume=True))
-    with pytest.raises(CoordinatorError, match="unknown run config key 'roundz'"):
+    with pytest.raises(CoordinatorError, match=r"unknown run config key\(s\) 'roundz'"):
         prepare_run_config(cfg(run_config={"roundz": 3}))
     path, flat = prepare_run_config(cfg(run_config={"rounds": 3, "model.d-model": 32}))
     assert flat["data"] == "" and flat["rounds"] == 3  # the coordinator holds no data

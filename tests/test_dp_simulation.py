@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import ModelConfig, RunConfig
+from common.config import ModelConfig, RunConfig, TrainConfig
 
 pytestmark = pytest.mark.e2e
 
@@ -27,11 +27,12 @@ def base(tmp_path_factory, bundled_dir_module) -> RunConfig:
         local_epochs=1, seed=0, dp="local", state_dir=str(root / "state"),
         out=str(root / "run"),
         model=ModelConfig(d_model=32, n_heads=4, n_layers=1, tokens_per_modality=2),
+        train=TrainConfig(),
     )
 
 
 def test_budget_is_kept_across_runs_and_enforced(base: RunConfig, tmp_path: Path):
-    from server.federation import FederationError
+    from server.rounds import FederationError
     from simulations.runner import simulate
 
     state = Path(base.state_dir)
@@ -94,18 +95,17 @@ def test_simulate_command_defaults_to_local_dp(base: RunConfig, tmp_path: Path):
     the local-DP model and schedule (rounds shortened here)."""
     from typer.testing import CliRunner
 
-    from common.config import LOCAL_DP_PRESET
-    from simulations.cli import app
+    from common.cli import build_app
 
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, [
+    result = CliRunner().invoke(build_app(), [
         "simulate", "--data", base.data, "--sites", "3", "--rounds", "2", "--no-compare",
         "--out", str(out), "--state-dir", str(tmp_path / "state")])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "config.json").read_text())["run_config"]
     assert saved["dp"] == "local" and saved["epsilon"] == 8.0
-    assert saved["model"] == LOCAL_DP_PRESET["model"].to_dict()
-    assert saved["local_epochs"] == LOCAL_DP_PRESET["local_epochs"] and saved["rounds"] == 2
+    assert saved["model"] == ModelConfig.for_local_dp().to_dict()
+    assert saved["local_epochs"] == RunConfig().local_epochs and saved["rounds"] == 2
     spent = json.loads((out / "metrics.json").read_text())["per_site_epsilon"]
     assert len(spent) == 3 and all(0 < e <= 8.0 + 1e-6 for e in spent.values())
     assert "local DP: 3 sites spent epsilon" in result.output

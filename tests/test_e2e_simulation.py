@@ -60,8 +60,8 @@ def run_dir(brca_dirs, tmp_path_factory):
 
     train_dir, test_dir, _ = brca_dirs
     out = tmp_path_factory.mktemp("run") / "sim"
-    cfg = RunConfig(
-        data=str(train_dir), test_data=str(test_dir), partition="site", sites=4, rounds=3,
+    cfg = RunConfig.preset(
+        "none", data=str(train_dir), test_data=str(test_dir), partition="site", sites=4, rounds=3,
         local_epochs=2, seed=0, out=str(out),
     )
     os.environ.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
@@ -115,10 +115,10 @@ def test_bundle_predicts_without_the_missing_modality(run_dir, brca_dirs, caplog
 
 
 def test_evaluate_command_prints_metrics(run_dir, brca_dirs):
-    from simulations.cli import app
+    from common.cli import build_app
 
     _, test_dir, _ = brca_dirs
-    result = CliRunner().invoke(app, ["evaluate", "--model", str(run_dir),
+    result = CliRunner().invoke(build_app(), ["evaluate", "--model", str(run_dir),
                                       "--data", str(test_dir)])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
@@ -128,7 +128,7 @@ def test_evaluate_command_prints_metrics(run_dir, brca_dirs):
 
 
 def test_evaluate_rejects_wrong_feature_names(run_dir, brca_dirs, tmp_path):
-    from simulations.cli import app
+    from common.cli import build_app
 
     _, test_dir, _ = brca_dirs
     for f in test_dir.iterdir():
@@ -137,7 +137,7 @@ def test_evaluate_rejects_wrong_feature_names(run_dir, brca_dirs, tmp_path):
             header, rest = text.split("\n", 1)
             text = header.replace(header.split(",")[1], "NOT_A_GENE", 1) + "\n" + rest
         (tmp_path / f.name).write_text(text)
-    result = CliRunner().invoke(app, ["evaluate", "--model", str(run_dir),
+    result = CliRunner().invoke(build_app(), ["evaluate", "--model", str(run_dir),
                                       "--data", str(tmp_path)])
     assert result.exit_code != 0
     assert "NOT_A_GENE" in result.output and "mrna" in result.output
@@ -146,11 +146,11 @@ def test_evaluate_rejects_wrong_feature_names(run_dir, brca_dirs, tmp_path):
 def test_privacy_audit_command(run_dir, brca_dirs, tmp_path):
     """Members are every site's training patients; non-members the test patients (here
     a separate directory that lacks a modality)."""
-    from simulations.cli import app
+    from common.cli import build_app
 
     _, test_dir, _ = brca_dirs
     out = tmp_path / "audit.json"
-    result = CliRunner().invoke(app, ["audit", "privacy", "--model", str(run_dir),
+    result = CliRunner().invoke(build_app(), ["audit", "privacy", "--model", str(run_dir),
                                       "--json", str(out)])
     assert result.exit_code == 0, result.output
     (audit,) = json.loads(out.read_text())
@@ -164,8 +164,8 @@ def test_privacy_audit_command(run_dir, brca_dirs, tmp_path):
 
 
 def test_privacy_audit_refuses_a_directory_that_is_not_a_run(tmp_path):
-    from simulations.cli import app
+    from common.cli import build_app
 
-    result = CliRunner().invoke(app, ["audit", "privacy", "--model", str(tmp_path)])
+    result = CliRunner().invoke(build_app(), ["audit", "privacy", "--model", str(tmp_path)])
     assert result.exit_code == 2
     assert "config.json" in result.output

@@ -48,7 +48,7 @@ def test_flwr_run_trains_and_writes_a_run_directory(tmp_path):
         # flwr starts flower-superlink by name: the venv's bin must be on PATH.
         "PATH": f"{Path(flwr).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    overrides = (f'rounds=2 local-epochs=1 partition="iid" sites=3 out="{out}" '
+    overrides = (f'rounds=2 local-epochs=1 partition="iid" sites=3 dp="none" out="{out}" '
                  "model.d-model=64 model.n-heads=4")
     try:
         proc = subprocess.run(

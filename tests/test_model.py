@@ -1,4 +1,5 @@
-"""Tests for common.model (the multi-modal transformer) and common.training."""
+"""Tests for common.model (the multi-modal transformer), common.training and its loss,
+optimizer and model-selection modules."""
 
 from __future__ import annotations
 
@@ -12,22 +13,24 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import ModelConfig, RunConfig, TrainConfig
-from common.data import MultiOmicsData
-from common.model import ModelSpec, _drop_modalities, build_model
-from common.schema import FeatureSchema
-from common.training import (
-    BestTracker,
+from common.dataset.multiomics import MultiOmicsData
+from common.losses import (
     ProximalTerm,
+    WeightedCrossEntropy,
     class_weights,
     evaluation_loss,
+    weighted_loss,
+)
+from common.model import ModelSpec, _drop_modalities, build_model
+from common.model_selection import BestTracker
+from common.optimization import lr_at, make_optimizer
+from common.schema import FeatureSchema
+from common.training import (
     fit,
-    lr_at,
     make_loader,
-    make_optimizer,
     predict_proba,
     seed_everything,
     train_epochs,
-    weighted_loss,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -223,7 +226,7 @@ def test_default_model_config_is_the_product_architecture():
     cfg = ModelConfig()
     assert cfg.d_model == 512
     assert cfg.n_heads == 8
-    run_model = RunConfig().model
+    run_model = RunConfig.preset("none").model
     assert run_model.d_model == 512
     assert run_model.n_heads == 8
 
@@ -468,6 +471,17 @@ def test_best_tracker_criteria():
     assert loss.best_step == 2
 
 
+def test_best_tracker_state_resumes_the_same_selection():
+    tracker = BestTracker("f1_macro")
+    tracker.update(1, 0.6, 1.0)
+    tracker.update(2, 0.7, 0.9)
+    resumed = BestTracker("f1_macro")
+    resumed.restore(tracker.state())
+    assert resumed.best_step == 2
+    assert not resumed.update(3, 0.7, 0.95)  # same F1, higher loss: not better than round 2
+    assert resumed.update(4, 0.7, 0.8)
+
+
 def test_fit_restores_the_best_epochs_weights():
     train = synthetic_data(120, seed=1)
     # Validation labels are a permutation of the signal: the better the model fits the
@@ -492,9 +506,6 @@ def test_fit_restores_the_best_epochs_weights():
 def test_make_optimizer_choices():
     from dataclasses import replace
 
-    from common.config import TrainConfig
-    from common.training import make_optimizer
-
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
     sgd = make_optimizer(model, replace(TrainConfig(), optimizer="sgd", momentum=0.8))
     assert isinstance(sgd, torch.optim.SGD)
@@ -510,7 +521,6 @@ def test_ghost_clipping_step_equals_explicit_per_sample_clipping():
     """Ghost clipping (local DP on large models): the update of clipping by hand."""
     from opacus import PrivacyEngine
 
-    from common.training import WeightedCrossEntropy
     x, mask = random_batch(n=16, seed=3)
     mask[::4, 0] = 0
     y = torch.arange(16) % 3

@@ -23,7 +23,7 @@ from flwr.app import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE, refusal, to_array
+from common.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE, SiteMetrics, refusal, to_array
 from server.monitoring import (
     METRIC_NAMES,
     MULTIPROC_ENV,
@@ -36,38 +36,44 @@ from strategies.guard import update_problem
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A round as run_federation records it under local DP: three sites trained, one declined
-# (budget spent), one sent NaN weights; validation of the aggregate already attached.
-LOCAL_DP_ROUND = {
-    "round": 3,
-    "rejected": [
-        {"site": "site-d", "node": 41,
-         "reason": "site declined the round: privacy budget epsilon 8 would be exceeded"},
-        {"site": "site-e", "node": 42, "reason": "head.weight: contains NaN or infinite values"},
-    ],
-    "update_bytes": {"site-a": 2_400_000, "site-b": 2_400_000, "site-c": 2_400_000},
-    "train": {"loss": 0.61},
-    "sites": [
-        {"site": "site-a", "n_train": 120, "train_loss": 0.58, "epsilon": 2.25,
-         "val": {"n_val": 30, "loss": 0.7, "accuracy": 0.8, "f1_macro": 0.71}},
-        {"site": "site-b", "n_train": 80, "train_loss": 0.66, "epsilon": 3.5},
-        {"site": "site-c", "n_train": 45, "train_loss": 0.63, "epsilon": 4.75},
-        # validated the previous aggregate, but its update this round was not used
-        {"site": "site-d", "val": {"n_val": 10, "loss": 0.9, "accuracy": 0.6, "f1_macro": 0.5}},
-    ],
-    "seconds": 42.5,
-    "val": {"loss": 0.72, "accuracy": 0.79, "f1_macro": 0.68},
-}
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Flower stamps every new Message with the process's task identity: fake one."""
-    from flwr.supercore.task_identity import TaskIdentity
+EPSILON_AFTER_ROUND = {"site-a": 2.25, "site-b": 3.5, "site-c": 4.75}
 
-    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+
+@pytest.fixture
+def local_dp_round() -> dict:
+    """A round as the round loop records it under local DP: three sites trained, one
+    declined (budget spent), one sent NaN weights; the validation of the aggregate, from
+    the next round's replies, attached. Built by the real guard and round record."""
+    from scripted_grid import confusion_with_hits
+
+    from common.protocol import SiteMetrics
+    from server.rounds.records import RoundRecord
+    from strategies import build_strategy
+
+    weights = {"w": np.ones((64, 32), np.float32), "b": np.zeros(32, np.float32)}
+    trained = [(1, "site-a", 120, 0.58), (2, "site-b", 80, 0.66), (3, "site-c", 45, 0.63)]
+    replies = [_train_reply(node, site, weights, metrics=SiteMetrics(
+        num_examples=n, train_loss=loss, epsilon=EPSILON_AFTER_ROUND[site]))
+        for node, site, n, loss in trained]
+    replies.append(Message(content=refusal("site-d", "privacy budget epsilon 8 would be "
+                                           "exceeded"), reply_to=_train_request(41)))
+    replies.append(_train_reply(42, "site-e", {**weights, "w": np.full((64, 32), np.nan,
+                                                                       np.float32)}))
+    strategy = build_strategy("fedavg", fraction_train=1.0, min_sites=2)
+    _, train_metrics = strategy.aggregate_train(3, replies)
+    record = RoundRecord(3, rejected=strategy.rejected, update_bytes=update_sizes(replies),
+                         train_loss=float(train_metrics["train-loss"]), seconds=42.5)
+    record.add_training(replies)
+    # Next round: site-a and site-d (whose update was not used) validated the aggregate.
+    validated = [_train_reply(node, site, weights, metrics=SiteMetrics(
+        num_examples=n, train_loss=0.5, val_examples=30, val_loss_sum=30 * loss,
+        confusion=confusion_with_hits(hits))) for node, site, n, loss, hits in
+        ((1, "site-a", 120, 0.7, 24), (41, "site-d", 10, 0.9, 18))]
+    record.add_validation(validated)
+    return record.to_dict()
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -90,10 +96,10 @@ def served() -> Iterator[tuple[CoordinatorMetrics, int]]:
     thread.join(timeout=5)
 
 
-def test_round_record_is_scraped_over_http(served):
+def test_round_record_is_scraped_over_http(served, local_dp_round):
     metrics, port = served
     metrics.run_started("run-42", "fedavg", "local", rounds=10, epsilon_budget=8.0)
-    metrics.round_completed(LOCAL_DP_ROUND)
+    metrics.round_completed(local_dp_round)
     got = scrape(port)
 
     assert got[("cancer_alpha_rounds_total", (("outcome", "completed"),))] == 1
@@ -103,10 +109,12 @@ def test_round_record_is_scraped_over_http(served):
     assert got[("cancer_alpha_epsilon_budget", ())] == 8.0
     # site-d only validated: it did not take part in this round's aggregate
     assert got[("cancer_alpha_participating_sites", ())] == 3
-    for site, eps in (("site-a", 2.25), ("site-b", 3.5), ("site-c", 4.75)):
+    sizes = local_dp_round["update_bytes"]
+    assert set(sizes) == {"site-a", "site-b", "site-c", "site-e"}  # site-d sent no weights
+    for site, eps in EPSILON_AFTER_ROUND.items():
         assert got[("cancer_alpha_site_epsilon", (("site", site),))] == eps
         assert got[("cancer_alpha_site_rounds_total", (("site", site),))] == 1
-        assert got[("cancer_alpha_update_size_bytes_sum", (("site", site),))] == 2_400_000
+        assert got[("cancer_alpha_update_size_bytes_sum", (("site", site),))] == sizes[site]
         assert got[("cancer_alpha_update_size_bytes_count", (("site", site),))] == 1
     assert ("cancer_alpha_site_epsilon", (("site", "site-d"),)) not in got
     assert got[("cancer_alpha_rejected_updates_total",
@@ -118,21 +126,25 @@ def test_round_record_is_scraped_over_http(served):
     assert got[("cancer_alpha_round_duration_seconds_bucket", (("le", "30.0"),))] == 0
     assert got[("cancer_alpha_round_duration_seconds_bucket", (("le", "60.0"),))] == 1
     assert got[("cancer_alpha_last_round_duration_seconds", ())] == 42.5
-    assert got[("cancer_alpha_train_loss", ())] == 0.61
-    assert got[("cancer_alpha_val_loss", ())] == 0.72
-    assert got[("cancer_alpha_val_accuracy", ())] == 0.79
-    assert got[("cancer_alpha_val_f1_macro", ())] == 0.68
+    # FedAvg's patient-weighted training loss of the three accepted updates
+    assert got[("cancer_alpha_train_loss", ())] == pytest.approx(
+        (120 * 0.58 + 80 * 0.66 + 45 * 0.63) / 245)
+    # pooled validation of site-a (24 of 30 right, loss 0.7) and site-d (18 of 30, 0.9)
+    assert got[("cancer_alpha_val_loss", ())] == pytest.approx(0.8)
+    assert got[("cancer_alpha_val_accuracy", ())] == pytest.approx(42 / 60)
+    assert got[("cancer_alpha_val_f1_macro", ())] == local_dp_round["val"]["f1_macro"]
+    assert 0 < local_dp_round["val"]["f1_macro"] < 1
     info = [v for (name, labels), v in got.items() if name == "cancer_alpha_run_info"]
     assert len(info) == 1 and info[0] > 1.6e9  # the run's start time
     assert ("cancer_alpha_run_info",
             (("dp", "local"), ("run_id", "run-42"), ("strategy", "fedavg"))) in got
 
 
-def test_rounds_accumulate_and_gauges_follow_the_last_round(served):
+def test_rounds_accumulate_and_gauges_follow_the_last_round(served, local_dp_round):
     metrics, port = served
-    metrics.round_completed(LOCAL_DP_ROUND)
-    later = {**LOCAL_DP_ROUND, "round": 4, "rejected": [], "seconds": 7.0,
-             "sites": [{**s, "epsilon": s["epsilon"] + 1} for s in LOCAL_DP_ROUND["sites"][:2]],
+    metrics.round_completed(local_dp_round)
+    later = {**local_dp_round, "round": 4, "rejected": [], "seconds": 7.0,
+             "sites": [{**s, "epsilon": s["epsilon"] + 1} for s in local_dp_round["sites"][:2]],
              "update_bytes": {"site-a": 1000, "site-b": 3000}}
     metrics.round_completed(later)
     got = scrape(port)
@@ -143,14 +155,15 @@ def test_rounds_accumulate_and_gauges_follow_the_last_round(served):
     assert got[("cancer_alpha_site_epsilon", (("site", "site-c"),))] == 4.75  # unchanged
     assert got[("cancer_alpha_site_rounds_total", (("site", "site-a"),))] == 2
     assert got[("cancer_alpha_site_rounds_total", (("site", "site-c"),))] == 1
-    assert got[("cancer_alpha_update_size_bytes_sum", (("site", "site-b"),))] == 2_403_000
+    assert got[("cancer_alpha_update_size_bytes_sum", (("site", "site-b"),))] == (
+        local_dp_round["update_bytes"]["site-b"] + 3000)
     assert got[("cancer_alpha_round_duration_seconds_sum", ())] == 49.5
     assert got[("cancer_alpha_last_round_duration_seconds", ())] == 7.0
 
 
-def test_failed_round_counts_failure_and_rejections_only(served):
+def test_failed_round_counts_failure_and_rejections_only(served, local_dp_round):
     metrics, port = served
-    metrics.round_completed(LOCAL_DP_ROUND)
+    metrics.round_completed(local_dp_round)
     metrics.round_completed({
         "round": 4, "failed": True,
         "rejected": [{"site": "site-a", "node": 1, "reason": "site declined the round: spent"},
@@ -170,10 +183,10 @@ def test_failed_round_counts_failure_and_rejections_only(served):
     assert got[("cancer_alpha_runs_total", (("status", "completed"),))] == 1
 
 
-def test_central_dp_epsilon(served):
+def test_central_dp_epsilon(served, local_dp_round):
     metrics, port = served
     metrics.run_started("run-c", "fedavg", "central", rounds=5, epsilon_budget=4.0)
-    record = {k: v for k, v in LOCAL_DP_ROUND.items() if k != "sites"}
+    record = {k: v for k, v in local_dp_round.items() if k != "sites"}
     metrics.round_completed({**record, "central_epsilon": 1.37,
                              "sites": [{"site": "site-a", "n_train": 10}]})
     got = scrape(port)
@@ -181,10 +194,10 @@ def test_central_dp_epsilon(served):
     assert not any(name == "cancer_alpha_site_epsilon" for name, _ in got)
 
 
-def test_every_documented_metric_is_exposed(served):
+def test_every_documented_metric_is_exposed(served, local_dp_round):
     metrics, port = served
     metrics.run_started("r", "fedprox", "local", rounds=3, epsilon_budget=8.0)
-    metrics.round_completed({**LOCAL_DP_ROUND, "central_epsilon": 0.5})
+    metrics.round_completed({**local_dp_round, "central_epsilon": 0.5})
     metrics.run_finished(ok=False)
     names = {name for name, _ in scrape(port)}
     for key in METRIC_NAMES:
@@ -196,10 +209,12 @@ def _train_request(node: int) -> Message:
     return Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
 
 
-def _train_reply(node: int, site: str, arrays: dict[str, np.ndarray], n=10) -> Message:
+def _train_reply(node: int, site: str, arrays: dict[str, np.ndarray], n=10,
+                 metrics: SiteMetrics | None = None) -> Message:
+    metrics = metrics or SiteMetrics(num_examples=n, train_loss=0.5)
     content = RecordDict({
         ARRAYS: ArrayRecord({k: to_array(v) for k, v in arrays.items()}),
-        METRICS: MetricRecord({NUM_EXAMPLES: n, "train-loss": 0.5}),
+        METRICS: metrics.to_record(),
         SITE: ConfigRecord({"name": site}),
     })
     return Message(content=content, reply_to=_train_request(node))
@@ -258,7 +273,7 @@ m.run_finished(ok=True)
 """
 
 
-def test_runs_in_other_processes_are_served_from_one_port(tmp_path):
+def test_runs_in_other_processes_are_served_from_one_port(tmp_path, local_dp_round):
     """The SuperLink case: each run's ServerApp is a short-lived process of its own."""
     directory = tmp_path / "metrics"
     directory.mkdir()
@@ -268,9 +283,9 @@ def test_runs_in_other_processes_are_served_from_one_port(tmp_path):
         assert not (directory / "counter_99999.db").exists()
         env = {**os.environ, MULTIPROC_ENV: str(directory),
                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        second = {**LOCAL_DP_ROUND, "round": 1, "rejected": [],
+        second = {**local_dp_round, "round": 1, "rejected": [],
                   "sites": [{"site": "site-a", "n_train": 120, "epsilon": 6.0}]}
-        for run_id, record in (("first", LOCAL_DP_ROUND), ("second", second)):
+        for run_id, record in (("first", local_dp_round), ("second", second)):
             subprocess.run([sys.executable, "-c", _WRITER, run_id, json.dumps(record)],
                            env=env, cwd=tmp_path, check=True, timeout=120)
         got = scrape(server.server_port)

@@ -14,11 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from typer.testing import CliRunner
 
+from common.atomic import write_bytes_atomic
 from common.pki import (
     Pki,
     PkiError,
-    _pem_cert,
-    _pem_key,
     check_server_files,
     init_pki,
     issue_site,
@@ -27,10 +26,11 @@ from common.pki import (
     load_private_key,
     make_ca,
     make_server_cert,
+    pem_certificate,
+    pem_private_key,
     probe_tls,
     revoke_site,
     server_names,
-    write_atomic,
 )
 from common.processes import free_port
 
@@ -124,8 +124,8 @@ def _write_server(pki: Pki, *, days: int, start: dt.datetime | None = None,
     ``ca`` (default: the PKI's own CA)."""
     ca_cert, ca_key = ca or (load_certificate(pki.ca_cert), load_private_key(pki.ca_key))
     cert, key = make_server_cert(ca_cert, ca_key, [], days, not_before=start)
-    write_atomic(pki.server_key, _pem_key(key), private=True)
-    write_atomic(pki.server_cert, _pem_cert(cert))
+    write_bytes_atomic(pki.server_key, pem_private_key(key), private=True)
+    write_bytes_atomic(pki.server_cert, pem_certificate(cert))
 
 
 def test_expired_wrong_ca_and_mismatched_key_give_clear_errors(pki):
@@ -141,7 +141,7 @@ def test_expired_wrong_ca_and_mismatched_key_give_clear_errors(pki):
 
     _write_server(pki, days=30)
     other = ec.generate_private_key(ec.SECP384R1())
-    write_atomic(pki.server_key, _pem_key(other), private=True)
+    write_bytes_atomic(pki.server_key, pem_private_key(other), private=True)
     with pytest.raises(PkiError, match="does not belong to the certificate"):
         check_server_files(pki.ca_cert, pki.server_cert, pki.server_key)
 

@@ -1,20 +1,16 @@
 """A site's privacy ledger: accounting against Opacus, persistence, atomic writes,
-refusal of corrupted files, budget validation, noise calibration and ``site budget``."""
+refusal of corrupted files, budget validation and noise calibration."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
-import time
 from pathlib import Path
 
 import pytest
 from opacus.accountants import PRVAccountant, RDPAccountant
-from typer.testing import CliRunner
 
-from client.cli import app
 from client.privacy import (
     LEDGER_FILE,
     BudgetError,
@@ -72,25 +68,34 @@ def test_history_merges_identical_pairs(tmp_path: Path):
     assert ledger.history() == [(1.1, 0.05, 50), (2.0, 0.1, 25)]
 
 
-def test_merged_history_same_epsilon_and_faster(tmp_path: Path):
+def test_merged_history_same_epsilon_with_fewer_rdp_curves(tmp_path: Path, monkeypatch):
+    from opacus.accountants.analysis import rdp as analysis
+
+    from client.privacy import accounting
+
     pairs = [(1.0, 0.05), (1.3, 0.05), (1.7, 0.08)]
     rounds = [(*pairs[r % 3], 20 + r) for r in range(30)]
     ledger = _ledger(tmp_path / LEDGER_FILE, rounds)
     merged = ledger.history()
     assert len(merged) == 3 and sum(s for *_, s in merged) == sum(s for *_, s in rounds)
 
-    def timed(history) -> tuple[float, float]:
-        acc = RDPAccountant()
-        acc.history = list(history)
-        t0 = time.perf_counter()
-        eps = acc.get_epsilon(delta=DELTA)
-        return eps, time.perf_counter() - t0
+    acc = RDPAccountant()
+    acc.history = list(rounds)
+    eps_unmerged = acc.get_epsilon(delta=DELTA)
+    # The ledger's account computes one RDP curve per distinct (noise, rate) pair, not
+    # one per round: count the curves it asks Opacus for.
+    calls = []
+    real = analysis.compute_rdp
 
-    eps_unmerged, t_unmerged = timed(rounds)
-    eps_merged, t_merged = timed(merged)
-    assert eps_merged == pytest.approx(eps_unmerged, rel=1e-9)
+    def counting(**kwargs):
+        calls.append((kwargs["noise_multiplier"], kwargs["q"]))
+        return real(**kwargs)
+
+    accounting._rdp_per_step.cache_clear()
+    monkeypatch.setattr(analysis, "compute_rdp", counting)
     assert ledger.epsilon(DELTA) == pytest.approx(eps_unmerged, rel=1e-9)
-    assert t_merged < t_unmerged  # 3 RDP curves instead of 30
+    assert sorted(set(calls)) == sorted(pairs) and len(calls) == len(pairs)
+    accounting._rdp_per_step.cache_clear()
 
 
 def test_prv_accountant_matches_opacus_prv(tmp_path: Path):
@@ -160,26 +165,42 @@ def test_record_refuses_invalid_entries(tmp_path: Path):
 # --- atomic write -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("failing", ["dump", "fsync", "replace"])
+class _HalfWrittenFile:
+    """A file that takes the first 20 bytes of a write, then fails (a full disk)."""
+
+    def __init__(self, fh) -> None:
+        self.fh = fh
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(data[:20])
+        raise OSError("disk full")
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync", "replace"])
 def test_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch, failing: str):
     ledger = _ledger(tmp_path / LEDGER_FILE, ROUNDS[:2])
     before = ledger.path.read_bytes()
-    real_dump = json.dump
+    real_fdopen = os.fdopen
 
-    def half_dump(obj, fh, **kwargs):
-        fh.write(json.dumps(obj, **kwargs)[:20])
-        raise OSError("disk full")
+    def half_written(fd, *args, **kwargs):
+        return _HalfWrittenFile(real_fdopen(fd, *args, **kwargs))
 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    target = {"dump": (json, "dump", half_dump), "fsync": (os, "fsync", boom),
+    target = {"write": (os, "fdopen", half_written), "fsync": (os, "fsync", boom),
               "replace": (os, "replace", boom)}[failing]
     monkeypatch.setattr(*target)
     with pytest.raises(OSError, match="disk full"):
         ledger.record(_entry(3, 2.0, 0.1, 25))
     monkeypatch.undo()
-    assert json.dump is real_dump
+    assert os.fdopen is real_fdopen
 
     assert ledger.path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [LEDGER_FILE]  # no temp left
@@ -219,7 +240,8 @@ CORRUPT = {
     "empty file": ("", "not valid JSON"),
     "wrong format": (json.dumps({**_valid_payload(), "format": "something-else"}),
                      "not a privacy ledger"),
-    "unknown version": (json.dumps({**_valid_payload(), "version": 2}), "version 2"),
+    "unknown version": (json.dumps({**_valid_payload(), "version": 3}), "version 3"),
+    "delta in a version 1 entry": (_with_entry(delta=1e-5), "keys"),
     "negative steps": (_with_entry(steps=-5), "steps"),
     "nan noise": (_with_entry(noise_multiplier=math.nan), "noise_multiplier"),
     "missing key": (json.dumps({**_valid_payload(), "entries": [{"round": 1}]}), "keys"),
@@ -355,40 +377,3 @@ def test_check_round(tmp_path: Path):
     assert f"spent {spent:.4g}" in reason
     assert check_round(ledger, budget, 50.0, 0.05, 40) is None  # more noise fits
     assert len(ledger.entries) == 2  # checking records nothing
-
-
-# --- `site budget` ------------------------------------------------------------------
-
-
-def test_site_budget_command(tmp_path: Path):
-    ledger = _ledger(ledger_path(tmp_path), ROUNDS)
-    runner = CliRunner()
-    result = runner.invoke(app, ["budget", "--state-dir", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    assert f"{ledger.epsilon(1e-5):.4f}" in result.output
-    assert "default" in result.output  # says delta was defaulted
-    assert "run-a" in result.output
-
-    result = runner.invoke(app, ["budget", "--state-dir", str(tmp_path), "--delta", "1e-6",
-                                 "--epsilon-budget", "50"])
-    assert result.exit_code == 0, result.output
-    spent = ledger.epsilon(1e-6)
-    assert f"{spent:.4f}" in result.output
-    assert f"remaining {50 - spent:.4f}" in result.output
-
-    empty = tmp_path / "new-site"
-    empty.mkdir()
-    result = runner.invoke(app, ["budget", "--state-dir", str(empty)])
-    assert result.exit_code == 0, result.output
-    assert "0.0000" in result.output
-    assert not ledger_path(empty).exists()  # showing the budget creates nothing
-
-
-def test_site_budget_command_corrupted_ledger(tmp_path: Path):
-    path = ledger_path(tmp_path)
-    path.write_text('{"format": "cancer-alpha-privacy-ledger", "version": 1, "entr')
-    before = path.read_bytes()
-    result = CliRunner().invoke(app, ["budget", "--state-dir", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "not valid JSON" in re.sub(r"\s+", " ", result.output)
-    assert path.read_bytes() == before

@@ -91,8 +91,8 @@ def secure_run(tmp_path_factory, bundled_dir_module):
     root = tmp_path_factory.mktemp("secagg")
     updates = root / "updates"
     updates.mkdir()
-    cfg = RunConfig(
-        data=str(bundled_dir_module("brca")), partition="site", sites=3, rounds=2,
+    cfg = RunConfig.preset(
+        "none", data=str(bundled_dir_module("brca")), partition="site", sites=3, rounds=2,
         local_epochs=1, seed=0, secagg=True, out=str(root / "run"), round_patience=5,
         model=ModelConfig(d_model=32, n_heads=4, n_layers=1, tokens_per_modality=2),
     )
@@ -201,7 +201,9 @@ def test_secagg_with_two_sites_is_refused_before_training(bundled_dir):
 
 
 def test_secagg_refuses_central_dp_and_server_momentum():
+    from strategies import check_combination
+
     with pytest.raises(ValueError, match="central DP must clip"):
-        RunConfig(secagg=True, dp="central")
+        check_combination(RunConfig(secagg=True, dp="central"))
     with pytest.raises(ValueError, match="plain weighted mean"):
-        RunConfig(secagg=True, strategy="fedavgm")
+        check_combination(RunConfig(secagg=True, strategy="fedavgm"))

@@ -1,5 +1,6 @@
 """The serving API in-process (FastAPI TestClient): predictions, validation, explanations,
-registry endpoints, auth matrix, metrics, audit records, OpenAPI."""
+registry endpoints, metrics, audit records, OpenAPI. Who may call what is in
+``test_serving_auth.py``."""
 
 from __future__ import annotations
 
@@ -14,109 +15,24 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from test_serving_helpers import (
+    ENDPOINTS,
+    call,
+    create_app_for,
     make_bundle,
     make_data,
     make_settings,
     patient_json,
-    register,
-    tokens,
+    serve_test_model,
 )
 
 from server.serving.registry import Actor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# Every endpoint with a request that the allowed roles may send, and those roles
-# (None: public by design, for probes).
-ENDPOINTS: list[tuple[str, str, set[str] | None]] = [
-    ("GET", "/healthz", None),
-    ("GET", "/readyz", None),
-    ("GET", "/metrics", {"admin", "lead"}),
-    ("GET", "/v1/schema", {"admin", "lead", "researcher"}),
-    ("POST", "/v1/predict", {"researcher"}),
-    ("POST", "/v1/predict/batch", {"researcher"}),
-    ("POST", "/v1/explain", {"researcher"}),
-    ("GET", "/v1/models", {"admin", "lead"}),
-    ("GET", "/v1/models/{model_id}", {"admin", "lead"}),
-    ("POST", "/v1/models/{model_id}/promote", {"admin", "lead"}),
-    ("POST", "/v1/tokens", {"admin"}),
-]
-ROLES = ("admin", "lead", "researcher", "site")
-
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, one_torch_thread) -> dict[str, Any]:
-    from common.bundle import load_bundle
-    from server.serving.app import create_app
-
-    tmp = tmp_path_factory.mktemp("api")
-    run = make_bundle(tmp / "run")
-    settings = make_settings(tmp, max_batch=8, max_explain_steps=64)
-    ref = register(settings, run)
-    app = create_app(settings)
-    return {"app": app, "client": TestClient(app), "settings": settings, "ref": ref,
-            "bundle": load_bundle(run), "data": make_data(n=40, seed=5),
-            "tokens": tokens(settings), "run": run}
-
-
-def call(served, method: str, path: str, role: str | None, **kw) -> Any:
-    headers = kw.pop("headers", {})
-    if role:
-        headers["Authorization"] = f"Bearer {served['tokens'][role]}"
-    return served["client"].request(method, path, headers=headers, **kw)
-
-
-def valid_request(served, method: str, path: str) -> dict[str, Any]:
-    p = patient_json(served["data"], 0)
-    bodies = {
-        "/v1/predict": p,
-        "/v1/predict/batch": {"patients": [p, patient_json(served["data"], 1)]},
-        "/v1/explain": {**p, "steps": 8},
-        "/v1/models/{model_id}/promote": {"stage": "production"},
-        "/v1/tokens": {"subject": "new-user", "role": "researcher", "ttl_seconds": 60},
-    }
-    return {"json": bodies[path]} if path in bodies else {}
-
-
-# ---------------------------------------------------------------------------- auth matrix
-def test_matrix_covers_every_route(served) -> None:
-    docs = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
-    routes = {(m, r.path) for r in served["app"].routes if r.path not in docs
-              for m in getattr(r, "methods", ()) if m != "HEAD"}
-    assert routes == {(m, p) for m, p, _ in ENDPOINTS}
-
-
-@pytest.mark.parametrize("method, path, allowed", ENDPOINTS,
-                         ids=[f"{m} {p}" for m, p, _ in ENDPOINTS])
-def test_auth_matrix(served, method: str, path: str, allowed: set[str] | None) -> None:
-    url = path.replace("{model_id}", served["ref"])
-    kw = valid_request(served, method, path)
-    if allowed is None:
-        assert call(served, method, url, None, **kw).status_code == 200
-        return
-    anonymous = call(served, method, url, None, **kw)
-    assert anonymous.status_code == 401
-    assert anonymous.headers["www-authenticate"].startswith("Bearer")
-    assert call(served, method, url, None, headers={"Authorization": "Bearer x.y.z"},
-                **kw).status_code == 401
-    assert call(served, method, url, None, headers={"Authorization": "Basic YTpi"},
-                **kw).status_code == 401
-    for role in ROLES:
-        r = call(served, method, url, role, **kw)
-        if role in allowed:
-            assert r.status_code == 200, (role, r.text)
-        else:
-            assert r.status_code == 403, (role, r.text)
-            assert f"role '{role}' may not" in r.json()["detail"]
-
-
-def test_expired_token_is_refused(served) -> None:
-    from server.serving.auth import TokenService
-
-    old = TokenService(served["settings"].auth).issue("eve", "researcher", 10, now=0)
-    r = served["client"].post("/v1/predict", json=patient_json(served["data"], 0),
-                              headers={"Authorization": f"Bearer {old}"})
-    assert r.status_code == 401 and r.json()["detail"] == "token expired"
+    return serve_test_model(tmp_path_factory.mktemp("api"))
 
 
 # ------------------------------------------------------------------------------ predict
@@ -180,15 +96,13 @@ def test_batch_json_and_csv_upload(served) -> None:
 
 
 def test_oversized_batch_and_body(served, tmp_path) -> None:
-    from server.serving.app import create_app
-
     p = patient_json(served["data"], 0)
     r = call(served, "POST", "/v1/predict/batch", "researcher", json={"patients": [p] * 9})
     assert r.status_code == 413
     assert r.json()["detail"][0]["loc"] == ["body", "patients"]
     assert "at most 8" in r.json()["detail"][0]["msg"]
 
-    small = create_app(make_settings(tmp_path, model=str(served["run"]), max_body_bytes=200))
+    small = create_app_for(tmp_path, served, max_body_bytes=200)
     client = TestClient(small)
     headers = {"Authorization": f"Bearer {served['tokens']['researcher']}"}
     r = client.post("/v1/predict", json=p, headers=headers)
@@ -411,10 +325,6 @@ def test_openapi_schema_is_complete(served) -> None:
     assert set(batch) == {"application/json", "multipart/form-data"}
     ref = batch["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
     assert ref in schemas
-    assert "HTTPBearer" in spec["components"]["securitySchemes"]
-    for path in (p for _, p, allowed in ENDPOINTS if allowed):
-        for op in spec["paths"][path].values():
-            assert op.get("security"), path
     predict = spec["paths"]["/v1/predict"]["post"]["responses"]
     assert {"200", "401", "403", "413", "422"} <= set(predict)
     assert not any(v is None for v in _walk_refs(spec, schemas))
@@ -439,7 +349,7 @@ def test_model_from_a_path_and_a_missing_production_model(served, tmp_path: Path
     from server.serving.app import create_app
     from server.serving.registry import RegistryError
 
-    app = create_app(make_settings(tmp_path, model=str(served["run"])))
+    app = create_app_for(tmp_path, served)
     info = TestClient(app).get("/readyz").json()
     assert info["status"] == "ready" and info["model_id"].startswith("bundle:")
     with pytest.raises(RegistryError, match="no production model"):

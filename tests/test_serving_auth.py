@@ -1,15 +1,26 @@
-"""JWT issuing and verification: signature, expiry, issuer, audience, claims, algorithms."""
+"""JWT issuing and verification (signature, expiry, issuer, audience, claims,
+algorithms), and who may call what over HTTP: the role matrix of every endpoint, role
+checks as replaceable dependencies, and the security requirements in OpenAPI."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
-from test_serving_helpers import SECRET
+from fastapi.testclient import TestClient
+from test_serving_helpers import (
+    ENDPOINTS,
+    SECRET,
+    call,
+    create_app_for,
+    patient_json,
+    serve_test_model,
+)
 
-from server.serving.auth import AuthError, Role, TokenService
+from server.serving.auth import ROLES, AuthError, Principal, Role, TokenService
 from server.serving.settings import AuthSettings, ServingSettings, SettingsError
 
 
@@ -112,3 +123,114 @@ def test_asymmetric_keys_from_files(tmp_path: Path) -> None:
                         algorithm="ES256")
     with pytest.raises(AuthError, match="signature"):
         verifier.verify(forged)
+
+
+# ------------------------------------------------------------------------- over HTTP
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, one_torch_thread) -> dict[str, Any]:
+    return serve_test_model(tmp_path_factory.mktemp("auth"))
+
+
+def valid_request(served, method: str, path: str) -> dict[str, Any]:
+    p = patient_json(served["data"], 0)
+    bodies = {
+        "/v1/predict": p,
+        "/v1/predict/batch": {"patients": [p, patient_json(served["data"], 1)]},
+        "/v1/explain": {**p, "steps": 8},
+        "/v1/models/{model_id}/promote": {"stage": "production"},
+        "/v1/tokens": {"subject": "new-user", "role": "researcher", "ttl_seconds": 60},
+    }
+    return {"json": bodies[path]} if path in bodies else {}
+
+
+def test_matrix_covers_every_route(served) -> None:
+    from fastapi.routing import iter_route_contexts
+
+    docs = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    routes = {(m, r.path) for r in iter_route_contexts(served["app"].routes)
+              if r.path not in docs for m in (r.methods or ()) if m != "HEAD"}
+    assert routes == {(m, p) for m, p, _ in ENDPOINTS}
+
+
+@pytest.mark.parametrize("method, path, allowed", ENDPOINTS,
+                         ids=[f"{m} {p}" for m, p, _ in ENDPOINTS])
+def test_auth_matrix(served, method: str, path: str, allowed: set[str] | None) -> None:
+    url = path.replace("{model_id}", served["ref"])
+    kw = valid_request(served, method, path)
+    if allowed is None:
+        assert call(served, method, url, None, **kw).status_code == 200
+        return
+    anonymous = call(served, method, url, None, **kw)
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    assert call(served, method, url, None, headers={"Authorization": "Bearer x.y.z"},
+                **kw).status_code == 401
+    assert call(served, method, url, None, headers={"Authorization": "Basic YTpi"},
+                **kw).status_code == 401
+    for role in ROLES:
+        r = call(served, method, url, role, **kw)
+        if role in allowed:
+            assert r.status_code == 200, (role, r.text)
+        else:
+            assert r.status_code == 403, (role, r.text)
+            assert f"role '{role}' may not" in r.json()["detail"]
+
+
+def test_expired_token_is_refused(served) -> None:
+    old = TokenService(served["settings"].auth).issue("eve", "researcher", 10, now=0)
+    r = served["client"].post("/v1/predict", json=patient_json(served["data"], 0),
+                              headers={"Authorization": f"Bearer {old}"})
+    assert r.status_code == 401 and r.json()["detail"] == "token expired"
+
+
+def test_role_checks_can_be_overridden(served) -> None:
+    """``app.dependency_overrides`` replaces one role check (or the token check) and
+    nothing else; removing the override restores it."""
+    from server.serving.api.deps import current_principal, require_role
+
+    app, client = served["app"], served["client"]
+    body = {"subject": "override-user", "role": "site", "ttl_seconds": 60}
+    assert require_role(Role.LEAD, Role.ADMIN) is require_role("admin", "lead")
+    assert client.post("/v1/tokens", json=body).status_code == 401
+    app.dependency_overrides[require_role("admin")] = lambda: Principal(
+        "stand-in-admin", Role.ADMIN, "t-1")
+    try:
+        r = client.post("/v1/tokens", json=body)  # no token at all
+        assert r.status_code == 200, r.text
+        rec = app.state.serving.audit.records()[-1]
+        assert (rec.action, rec.actor, rec.role) == ("auth.issue_token", "stand-in-admin",
+                                                     "admin")
+        assert client.get("/v1/models").status_code == 401  # other checks stay
+    finally:
+        app.dependency_overrides.clear()
+    assert client.post("/v1/tokens", json=body).status_code == 401
+
+    app.dependency_overrides[current_principal] = lambda: Principal(
+        "stand-in-researcher", Role.RESEARCHER, "t-2")
+    try:  # the caller is replaced; the role checks still apply to it
+        assert client.get("/v1/schema").status_code == 200
+        r = client.post("/v1/tokens", json=body)
+        assert r.status_code == 403 and "role 'researcher' may not" in r.json()["detail"]
+    finally:
+        app.dependency_overrides.clear()
+
+
+def test_openapi_lists_every_endpoint_with_its_security(served, tmp_path: Path) -> None:
+    spec = served["client"].get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http", "scheme": "bearer",
+        "description": "JWT from `cancer-alpha auth issue-token`"}
+    listed = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+    assert listed == {(m, p) for m, p, _ in ENDPOINTS}
+    for method, path, allowed in ENDPOINTS:
+        op = spec["paths"][path][method.lower()]
+        expected = [{"HTTPBearer": []}] if allowed else None
+        assert op.get("security") == expected, (method, path)
+        if allowed:
+            assert {"401", "403"} <= set(op["responses"]), (method, path)
+
+    public = create_app_for(tmp_path, served, metrics_public=True)
+    spec = TestClient(public).get("/openapi.json").json()
+    assert "security" not in spec["paths"]["/metrics"]["get"]
+    assert spec["paths"]["/v1/schema"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert TestClient(public).get("/metrics").status_code == 200

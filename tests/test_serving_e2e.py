@@ -42,12 +42,12 @@ def brca_run(bundled_dir_module, tmp_path_factory, one_torch_thread) -> dict[str
     """A short centralized training run on BRCA, written like ``train-central --out``."""
     from common.bundle import load_bundle, write_json
     from common.config import RunConfig
-    from common.federation import load_federation
+    from common.simulated_federation import load_federation
     from simulations.central import train_central
 
     source = bundled_dir_module("brca")
     run_dir = tmp_path_factory.mktemp("serving-e2e") / "run"
-    cfg = RunConfig(data=str(source), rounds=2, local_epochs=1, seed=0)
+    cfg = RunConfig.preset("none", data=str(source), rounds=2, local_epochs=1, seed=0)
     fed = load_federation(cfg)
     result = train_central(fed, cfg, run_dir / "model")
     write_json(run_dir / "metrics.json", {k: v for k, v in result.items() if k != "history"})

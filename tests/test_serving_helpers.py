@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from common.config import ModelConfig
-from common.data import MultiOmicsData
+from common.dataset.multiomics import MultiOmicsData
 from common.schema import FeatureSchema
 
 MODALITIES = {"rna": 6, "meth": 4, "clin": 3}
@@ -115,6 +115,56 @@ def patient_json(data: MultiOmicsData, i: int) -> dict[str, Any]:
                                    strict=True))
                        for j, m in enumerate(data.modality_names) if data.mask[i, j]},
     }
+
+
+# ------------------------------------------------------------------ a served test model
+# Every endpoint with a request that the allowed roles may send, and those roles
+# (None: public by design, for probes).
+ENDPOINTS: list[tuple[str, str, set[str] | None]] = [
+    ("GET", "/healthz", None),
+    ("GET", "/readyz", None),
+    ("GET", "/metrics", {"admin", "lead"}),
+    ("GET", "/v1/schema", {"admin", "lead", "researcher"}),
+    ("POST", "/v1/predict", {"researcher"}),
+    ("POST", "/v1/predict/batch", {"researcher"}),
+    ("POST", "/v1/explain", {"researcher"}),
+    ("GET", "/v1/models", {"admin", "lead"}),
+    ("GET", "/v1/models/{model_id}", {"admin", "lead"}),
+    ("POST", "/v1/models/{model_id}/promote", {"admin", "lead"}),
+    ("POST", "/v1/tokens", {"admin"}),
+]
+
+
+def serve_test_model(tmp: Path) -> dict[str, Any]:
+    """An app serving the tiny bundle as the registry's production model, with its
+    client, settings, registry reference, bundle, raw data and a token per role."""
+    from fastapi.testclient import TestClient
+
+    from common.bundle import load_bundle
+    from server.serving.app import create_app
+
+    run = make_bundle(tmp / "run")
+    settings = make_settings(tmp, max_batch=8, max_explain_steps=64)
+    ref = register(settings, run)
+    app = create_app(settings)
+    return {"app": app, "client": TestClient(app), "settings": settings, "ref": ref,
+            "bundle": load_bundle(run), "data": make_data(n=40, seed=5),
+            "tokens": tokens(settings), "run": run}
+
+
+def create_app_for(tmp: Path, served: dict[str, Any], **settings: Any) -> Any:
+    """Another app serving the served model's bundle directory, with other settings."""
+    from server.serving.app import create_app
+
+    return create_app(make_settings(tmp, model=str(served["run"]), **settings))
+
+
+def call(served: dict[str, Any], method: str, path: str, role: str | None, **kw: Any) -> Any:
+    """A request to the served app, with a token of ``role`` (None: anonymous)."""
+    headers = kw.pop("headers", {})
+    if role:
+        headers["Authorization"] = f"Bearer {served['tokens'][role]}"
+    return served["client"].request(method, path, headers=headers, **kw)
 
 
 # ------------------------------------------------------------------ settings tests

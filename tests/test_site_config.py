@@ -138,13 +138,14 @@ def test_site_check_with_config(site_dir, bundled_dir):
 def test_node_config_partition_gives_the_simulation_engines_site(bundled_dir):
     from client.site import load_site
     from common.config import RunConfig
-    from common.federation import build_federation
+    from common.simulated_federation import SplitSettings, build_federation
 
     brca = bundled_dir("brca")
     cfg = RunConfig(partition="iid", sites=3)
     site = load_site({"data-dir": str(brca), "partition-id": 1, "num-partitions": 3,
                       "site-name": "hospital-b", "device": "cpu"}, cfg)
-    _, train, val = build_federation(str(brca), partition="iid", sites=3).site_data(1)
+    split = SplitSettings.of(RunConfig(data=str(brca), partition="iid", sites=3))
+    _, train, val = build_federation(split).site_data(1)
     assert site.name == "hospital-b" and site.device == "cpu"
     assert list(site.train.patient_ids) == list(train.patient_ids)
     assert list(site.val.patient_ids) == list(val.patient_ids)

@@ -1,4 +1,4 @@
-"""Tests for strategies: FedAvg/FedProx aggregation, update vetting and pooled metrics."""
+"""Tests for strategies: the registry, aggregation, update vetting and pooled metrics."""
 
 from __future__ import annotations
 
@@ -16,22 +16,36 @@ from flwr.app import (
 )
 from sklearn.metrics import confusion_matrix, f1_score
 
-from common.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, SITE, VAL_EXAMPLES
-from strategies import build_strategy
+from common.config import RunConfig
+from common.metrics import macro_f1
+from common.protocol import (
+    ARRAYS,
+    CONFIG,
+    CONFUSION,
+    METRICS,
+    NUM_EXAMPLES,
+    PROXIMAL_MU,
+    SERVER_ROUND,
+    SITE,
+    TRAIN_LOSS,
+    VAL_ACCURACY,
+    VAL_EXAMPLES,
+    VAL_F1_MACRO,
+    VAL_LOSS,
+    VAL_LOSS_SUM,
+    SiteMetrics,
+    refusal,
+    refusal_reason,
+)
+from strategies import build_strategy, check_combination, strategy_for_run, strategy_names
 from strategies.guard import update_problem
-from strategies.metrics import macro_f1, pool_validation
+from strategies.registry import SPECS, aggregator_name
+from strategies.validation_pooling import ValidationSummary, pool_site_metrics, pool_validation
 
 SHAPES = {"layer.weight": (3, 2), "layer.bias": (3,)}
 
 
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Flower stamps every new Message with the process's task identity: fake one."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 7)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 class FakeGrid:
@@ -57,7 +71,7 @@ def reply(node: int, arrays: dict[str, np.ndarray], n, site: str | None = None) 
     request = Message(content=RecordDict(), dst_node_id=node, message_type=MessageType.TRAIN)
     content = RecordDict({
         ARRAYS: array_record(arrays),
-        METRICS: MetricRecord({NUM_EXAMPLES: n, "train-loss": float(node)}),
+        METRICS: SiteMetrics(num_examples=n, train_loss=float(node)).to_record(),
         SITE: ConfigRecord({"name": site or f"site-{node}"}),
     })
     return Message(content=content, reply_to=request)
@@ -91,9 +105,9 @@ def configured(strategy, nodes=(1, 2, 3, 4, 5, 6)) -> list[Message]:
 # --- aggregation -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["fedavg", "fedprox"])
-def test_aggregation_is_the_num_examples_weighted_mean(name):
-    strategy = build_strategy(name, fraction_train=1.0, min_sites=2, proximal_mu=0.1)
+@pytest.mark.parametrize(("name", "options"), [("fedavg", {}), ("fedprox", {"proximal_mu": 0.1})])
+def test_aggregation_is_the_num_examples_weighted_mean(name, options):
+    strategy = build_strategy(name, fraction_train=1.0, min_sites=2, **options)
     parts = [(weights(1.0), 10), (weights(2.0), 30), (weights(-4.0), 60)]
     replies = [reply(k + 1, a, n) for k, (a, n) in enumerate(parts)]
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -103,7 +117,7 @@ def test_aggregation_is_the_num_examples_weighted_mean(name):
     plain = weighted_average([(a, 1) for a, _ in parts])
     assert not np.allclose(arrays["layer.bias"].numpy(), plain["layer.bias"])
     assert metrics is not None
-    assert metrics["train-loss"] == pytest.approx((1 * 10 + 2 * 30 + 3 * 60) / 100)
+    assert metrics[TRAIN_LOSS] == pytest.approx((1 * 10 + 2 * 30 + 3 * 60) / 100)
     assert strategy.rejected == []
 
 
@@ -136,16 +150,16 @@ def test_fedprox_configure_train_sends_proximal_mu():
     for m in messages:
         assert m.metadata.message_type == MessageType.TRAIN
         config = m.content[CONFIG]
-        assert config["proximal-mu"] == pytest.approx(0.25)
-        assert config["server-round"] == 1
+        assert config[PROXIMAL_MU] == pytest.approx(0.25)
+        assert config[SERVER_ROUND] == 1
         assert config["lr"] == pytest.approx(0.1)
         assert_arrays_close(m.content[ARRAYS], weights(0.0))
 
 
 def test_fedavg_configure_train_sends_no_proximal_mu():
-    strategy = build_strategy("fedavg", fraction_train=1.0, min_sites=2, proximal_mu=0.25)
+    strategy = build_strategy("fedavg", fraction_train=1.0, min_sites=2)
     for m in configured(strategy, nodes=(1, 2)):
-        assert "proximal-mu" not in m.content[CONFIG]
+        assert PROXIMAL_MU not in m.content[CONFIG]
 
 
 def test_fraction_train_samples_a_subset():
@@ -235,7 +249,7 @@ def test_update_problem_accepts_a_good_reply():
     ref = array_record(weights(0.0))
     assert update_problem(reply(1, weights(1.0), 12), ref) is None
     assert update_problem(reply(1, weights(1.0), 12.5), None) is None
-    assert "num-examples" in update_problem(reply(1, weights(1.0), -3), ref)
+    assert NUM_EXAMPLES in update_problem(reply(1, weights(1.0), -3), ref)
 
 
 # --- pooled validation metrics ---------------------------------------------------------
@@ -244,8 +258,8 @@ def test_update_problem_accepts_a_good_reply():
 def val_record(y_true: list[int], y_pred: list[int], loss_sum: float, n_classes: int):
     cm = confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
     return RecordDict({METRICS: MetricRecord({
-        NUM_EXAMPLES: len(y_true), VAL_EXAMPLES: len(y_true), "val-loss-sum": loss_sum,
-        "confusion": [int(v) for v in cm.ravel()],
+        NUM_EXAMPLES: len(y_true), VAL_EXAMPLES: len(y_true), VAL_LOSS_SUM: loss_sum,
+        CONFUSION: [int(v) for v in cm.ravel()],
     })})
 
 
@@ -262,19 +276,19 @@ def test_pool_validation_sums_sites_into_pooled_metrics():
     n = len(y_true)
     assert pooled[VAL_EXAMPLES] == n
     assert pooled[NUM_EXAMPLES] == n
-    assert pooled["val-loss"] == pytest.approx((2.5 + 0.9 + 4.2) / n)
+    assert pooled[VAL_LOSS] == pytest.approx((2.5 + 0.9 + 4.2) / n)
     expected_cm = confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
-    assert pooled["confusion"] == [int(v) for v in expected_cm.ravel()]
-    assert pooled["val-accuracy"] == pytest.approx(np.mean(np.equal(y_true, y_pred)))
-    assert pooled["val-f1-macro"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert pooled[CONFUSION] == [int(v) for v in expected_cm.ravel()]
+    assert pooled[VAL_ACCURACY] == pytest.approx(np.mean(np.equal(y_true, y_pred)))
+    assert pooled[VAL_F1_MACRO] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
     # Pooled F1 is not the mean of per-site F1s.
     per_site = np.mean([f1_score(t, p, average="macro") for t, p, _ in sites])
-    assert pooled["val-f1-macro"] != pytest.approx(per_site)
+    assert pooled[VAL_F1_MACRO] != pytest.approx(per_site)
 
 
 def test_pool_validation_of_nothing_is_empty():
     out = pool_validation([])
-    assert out[VAL_EXAMPLES] == 0 and "val-f1-macro" not in out
+    assert out[VAL_EXAMPLES] == 0 and VAL_F1_MACRO not in out
 
 
 def test_macro_f1_by_hand():
@@ -358,3 +372,187 @@ def test_central_epsilon_accounting_and_calibration():
     assert central_epsilon(z * 0.97, 10, 1e-3) > 8.0  # near-minimal noise
     with pytest.raises(ValueError, match="too small"):
         calibrate_central_noise(1e-6, 1e-3, 10)
+
+
+# --- registry ---------------------------------------------------------------------------
+
+
+def test_unknown_strategy_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="fedavgm") as info:
+        build_strategy("fedsgd", fraction_train=1.0, min_sites=2)
+    assert all(name in str(info.value) for name in SPECS)
+
+
+def test_misspelled_option_is_rejected_listing_the_valid_ones():
+    with pytest.raises(ValueError, match="proximal_nu") as info:
+        build_strategy("fedprox", fraction_train=1.0, min_sites=2, proximal_nu=0.1)
+    assert "proximal_mu" in str(info.value) and "fraction_train" in str(info.value)
+
+
+def test_option_of_another_strategy_is_rejected():
+    with pytest.raises(ValueError, match="server_momentum"):
+        build_strategy("fedavg", fraction_train=1.0, min_sites=2, server_momentum=0.9)
+
+
+def test_missing_option_is_named():
+    with pytest.raises(ValueError, match=r"needs option\(s\) \['proximal_mu'\]"):
+        build_strategy("fedprox", fraction_train=1.0, min_sites=2)
+
+
+def test_every_option_is_fed_by_a_run_config_field_or_computed():
+    fields = set(RunConfig().to_dict())
+    for spec in SPECS.values():
+        for source in spec.options.values():
+            assert source is None or source in fields, (spec.name, source)
+
+
+def test_central_dp_is_chosen_by_dp_not_by_name():
+    assert "central-dp" not in strategy_names()
+    with pytest.raises(ValueError, match="'central-dp' is not one of"):
+        check_combination(RunConfig(strategy="central-dp"))
+    assert aggregator_name(RunConfig(dp="central")) == "central-dp"
+
+
+def test_unknown_strategy_in_run_config_is_refused_at_the_check():
+    cfg = RunConfig(strategy="foo")  # the config alone cannot know the strategies
+    with pytest.raises(ValueError, match="strategy 'foo' is not one of"):
+        check_combination(cfg)
+
+
+REFUSED = [
+    ({"strategy": "fedprox", "dp": "local"}, "fedprox cannot be combined with local DP"),
+    ({"strategy": "fedprox", "dp": "central"}, "central DP aggregates with FedAvg"),
+    ({"strategy": "fedavgm", "dp": "central"}, "central DP aggregates with FedAvg"),
+    ({"strategy": "fedavgm", "dp": "none", "secagg": True}, "plain weighted mean"),
+    ({"strategy": "fedavgm", "dp": "local", "secagg": True}, "plain weighted mean"),
+    ({"strategy": "fedavg", "dp": "central", "secagg": True}, "central DP must clip"),
+]
+
+
+@pytest.mark.parametrize(("settings", "reason"), REFUSED)
+def test_refused_combination_says_why_and_what_is_allowed(settings, reason):
+    with pytest.raises(ValueError, match=reason) as info:
+        check_combination(RunConfig(**settings))
+    message = str(info.value)
+    assert "Allowed: fedavg: --dp none/local/central, --secagg with --dp none/local" in message
+    assert "fedavgm: --dp none/local, no --secagg" in message
+
+
+def _every_combination():
+    for name in ("fedavg", "fedavgm", "fedprox"):
+        for dp in ("none", "local", "central"):
+            for secagg in (False, True):
+                yield {"strategy": name, "dp": dp, "secagg": secagg}
+
+
+def test_combinations_are_refused_exactly_as_listed():
+    allowed = [c for c in _every_combination() if not any(
+        all(c[k] == v for k, v in refused.items()) for refused, _ in REFUSED)]
+    # fedavg: 5 (all but central DP with SecAgg+), fedavgm: 2 (no SecAgg+, no central DP),
+    # fedprox: 2 (no DP).
+    assert len(allowed) == 9
+    for settings in _every_combination():
+        cfg = RunConfig(**settings)
+        if settings in allowed:
+            check_combination(cfg)
+        else:
+            with pytest.raises(ValueError):
+                check_combination(cfg)
+
+
+@pytest.mark.parametrize("settings", [
+    {"strategy": "fedavg", "dp": "none"}, {"strategy": "fedavg", "dp": "local"},
+    {"strategy": "fedavgm", "dp": "none", "server_momentum": 0.5},
+    {"strategy": "fedprox", "dp": "none", "proximal_mu": 0.3},
+    {"strategy": "fedavg", "dp": "central"},
+])
+def test_each_strategy_builds_from_the_run_config(settings):
+    from strategies.central_dp import CentralDPFedAvg
+    from strategies.fedavg import FedAvg
+    from strategies.fedavgm import FedAvgM
+    from strategies.fedprox import FedProx
+
+    cfg = RunConfig(**settings, fraction_train=0.5, min_sites=3)
+    computed = {"noise_multiplier": 1.25} if cfg.dp == "central" else {}
+    strategy = strategy_for_run(cfg, **computed)
+    expected = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedprox": FedProx,
+                "central-dp": CentralDPFedAvg}[aggregator_name(cfg)]
+    assert type(strategy) is expected
+    assert strategy.fraction_train == 0.5 and strategy.min_train_nodes == 3
+    if cfg.strategy == "fedavgm":
+        assert strategy.server_momentum == 0.5
+    if cfg.strategy == "fedprox":
+        assert strategy.proximal_mu == 0.3
+    if cfg.dp == "central":
+        assert strategy.noise_multiplier == 1.25
+        assert strategy.clipping_norm == cfg.max_grad_norm
+
+
+def test_strategy_for_run_refuses_a_refused_combination():
+    with pytest.raises(ValueError, match="fedprox cannot be combined with local DP"):
+        strategy_for_run(RunConfig(strategy="fedprox", dp="local"))
+
+
+def test_central_dp_run_needs_its_computed_noise():
+    with pytest.raises(ValueError, match="noise_multiplier"):
+        strategy_for_run(RunConfig(dp="central"))
+
+
+# --- site metrics records ----------------------------------------------------------------
+
+
+def test_site_metrics_round_trip_through_a_metric_record():
+    cm = np.array([[3, 1], [0, 4]], dtype=np.int64)
+    sent = SiteMetrics(num_examples=40, train_loss=0.7, val_examples=8, val_loss_sum=3.2,
+                       confusion=cm, epsilon=1.5, noise_multiplier=2.0, delta=1e-4)
+    rec = sent.to_record()
+    assert rec[CONFUSION] == [3, 1, 0, 4] and rec[VAL_LOSS_SUM] == pytest.approx(3.2)
+    back = SiteMetrics.from_record(rec)
+    assert np.array_equal(back.confusion, cm)
+    assert back.confusion.dtype == np.int64
+    back.confusion = sent.confusion
+    assert back == sent
+
+
+def test_site_metrics_omit_what_a_site_does_not_report():
+    rec = SiteMetrics(num_examples=12, train_loss=0.4).to_record()
+    assert set(rec) == {NUM_EXAMPLES, TRAIN_LOSS}
+    back = SiteMetrics.from_record(rec)
+    assert not back.has_validation and back.epsilon is None and not back.refused
+
+
+def test_refusal_reply_carries_refused_metrics_and_its_reason():
+    content = refusal("site-a", "budget spent")
+    metrics = SiteMetrics.of_reply(content)
+    assert metrics is not None and metrics.refused and metrics.num_examples == 0
+    assert refusal_reason(content) == "budget spent"
+
+
+def test_site_metrics_reject_a_non_square_confusion():
+    with pytest.raises(ValueError, match="square"):
+        SiteMetrics.from_record(MetricRecord({NUM_EXAMPLES: 1, VAL_EXAMPLES: 1,
+                                              VAL_LOSS_SUM: 0.1, CONFUSION: [1, 0, 0]}))
+
+
+def test_pool_site_metrics_of_one_site_is_its_own_summary():
+    cm = np.array([[2, 1, 0], [0, 3, 0], [1, 0, 1]], dtype=np.int64)
+    summary = pool_site_metrics([SiteMetrics(num_examples=8, val_examples=8, val_loss_sum=4.0,
+                                             confusion=cm),
+                                 SiteMetrics(num_examples=5, train_loss=0.2)])  # no validation
+    assert summary is not None
+    assert summary.n == 8 and summary.loss == pytest.approx(0.5)
+    assert summary.accuracy == pytest.approx(6 / 8)
+    assert summary.f1_macro == pytest.approx(macro_f1(cm))
+    again = ValidationSummary.from_record(summary.to_record())
+    assert again is not None and again.as_dict() == summary.as_dict()
+    assert pool_site_metrics([SiteMetrics(num_examples=3)]) is None
+
+
+def test_coordinator_refuses_a_refused_combination_before_submitting(tmp_path):
+    from server.coordinator import CoordinatorConfig, CoordinatorError, prepare_run_config
+
+    cfg = CoordinatorConfig(pki_dir=tmp_path / "pki", state_dir=tmp_path / "state",
+                            run_name="r", run_config={"strategy": "fedprox", "dp": "local"})
+    with pytest.raises(CoordinatorError, match="fedprox cannot be combined with local DP"):
+        prepare_run_config(cfg)
+    assert not (tmp_path / "state" / "runs" / "r").exists()  # nothing submitted

@@ -249,7 +249,7 @@ def serve(
     import uvicorn
 
     from server.serving.auth import TokenService
-    from server.serving.metrics import MULTIPROC_ENV
+    from server.serving.prometheus import MULTIPROC_ENV
     from server.serving.registry import RegistryError
     from server.serving.settings import WORKER_SETTINGS_ENV, SettingsError
 

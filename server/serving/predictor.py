@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from common.bundle import ModelBundle
-from common.data import MultiOmicsData
+from common.dataset.multiomics import MultiOmicsData
 
 logger = logging.getLogger(__name__)
 

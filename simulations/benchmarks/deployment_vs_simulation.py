@@ -35,7 +35,6 @@ Prints a table and writes ``benchmark.json`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -48,7 +47,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from common.config import ModelConfig, RunConfig
-from common.processes import free_port, process_tree, stop_pids
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -56,7 +54,7 @@ PY = sys.executable
 SUPERNODE_PULL_INTERVAL = 3.0  # SuperNode asks the SuperLink for work when idle
 SUPEREXEC_POLL_INTERVAL = 1.0  # SuperExec looks for tasks to launch a ClientApp for
 REPLY_POLL_INTERVAL = 0.5  # SuperNode waits for the ClientApp's reply
-# The round loop's own exchange (server.federation.exchange) polls for replies at most
+# The round loop's own exchange (server.rounds.exchange.exchange) polls for replies at most
 # every 1 s (Flower's Grid.send_and_receive: 3 s in deployment, 0.1 s in simulation).
 REPLY_COLLECT_INTERVAL = 1.0
 
@@ -78,79 +76,40 @@ def run_simulation(cfg: RunConfig, out: Path) -> dict:
 
 
 # --- deployment engine ------------------------------------------------------------------
-def _stop(procs: list[subprocess.Popen]) -> None:
-    stop_pids([p for proc in procs for p in process_tree(proc.pid)])
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-
-
 def run_deployment(cfg: RunConfig, out: Path, data_dir: Path, data_root: Path) -> dict:
     """A coordinator and ``cfg.sites`` sites as real processes; the same run config."""
-    from common.pki import init_pki, issue_site
+    from simulations.consortium import DemoPartition, LoopbackConsortium, make_pki
 
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="deploy-", dir=out))
-    pki = init_pki(work / "pki")
     sites = [f"site-{i}" for i in range(cfg.sites)]
-    for site in sites:
-        issue_site(pki, site)
-    port = free_port()
-    env = {**os.environ, "CANCER_ALPHA_DATA": str(data_root),
-           "PATH": f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    pki = make_pki(work / "pki", sites)
     flat = cfg.to_flower()
-    overrides = {k: flat[k] for k in ("data", "seed", "partition", "sites", "round-patience")}
-    overrides.update({k: v for k, v in flat.items() if k.startswith("model.")})
+    # Everything the simulation uses that the app's own defaults could differ in.
+    overrides = {k: flat[k] for k in ("data", "seed", "partition", "sites", "round-patience",
+                                      "dp")}
+    overrides.update({k: v for k, v in flat.items() if k.startswith(("model.", "train."))})
     run_config = " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
-    procs: list[subprocess.Popen] = []
-    logs = work / "logs"
-    logs.mkdir()
-
-    def spawn(name: str, cmd: list[str]) -> subprocess.Popen:
-        with open(logs / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        return proc
+    consortium = LoopbackConsortium(work, pki, env={"CANCER_ALPHA_DATA": str(data_root)})
 
     started = time.perf_counter()
     try:
-        coordinator = spawn("coordinator", [
-            PY, "-m", "server.cli", "coordinator", "start", "--pki", str(pki.root),
-            "--state-dir", str(work / "coordinator"), "--host", "127.0.0.1",
-            "--port", str(port), "--run-name", "bench", "--rounds", str(cfg.rounds),
-            "--local-epochs", str(cfg.local_epochs), "--min-sites", str(cfg.sites),
-            "--run-config", run_config])
-        registry = work / "coordinator" / "sites.json"
-        while not (registry.exists() and len(json.loads(registry.read_text())) == cfg.sites):
-            if coordinator.poll() is not None:
-                raise RuntimeError("the coordinator stopped:\n"
-                                   + (logs / "coordinator.log").read_text()[-3000:])
-            time.sleep(0.3)
-        for i, site in enumerate(sites):
-            toml = work / f"{site}.toml"
-            toml.write_text(
-                f'[site]\nid = "{site}"\ndata-dir = "{data_dir}"\nstate-dir = "state/{site}"\n'
-                f'device = "cpu"\n\n[coordinator]\naddress = "127.0.0.1:{port}"\n\n'
-                f'[tls]\nroot-certificates = "{pki.ca_cert}"\n'
-                f'private-key = "{pki.site_private_key(site)}"\n\n'
-                f"[supernode]\nport = {free_port()}\n\n[demo]\npartition-id = {i}\n"
-                f'num-partitions = {cfg.sites}\npartition = "{cfg.partition}"\n')
-            spawn(site, [PY, "-m", "simulations.cli", "site", "start", "--config", str(toml),
-                         "--quiet", "--skip-checks"])
-        site_procs = procs[-len(sites):]
-        while (code := coordinator.poll()) is None:
-            if all(p.poll() is not None for p in site_procs):
-                raise RuntimeError("every site stopped:\n" + "\n".join(
-                    (logs / f"{site}.log").read_text()[-1500:] for site in sites))
-            time.sleep(0.5)
+        coordinator = consortium.coordinator(
+            "bench", "--rounds", str(cfg.rounds), "--local-epochs", str(cfg.local_epochs),
+            "--min-sites", str(cfg.sites), "--run-config", run_config)
+        consortium.wait_registered(coordinator, sites, timeout=float("inf"))
+        site_procs = [
+            consortium.site(site, consortium.site_toml(
+                site, data_dir, demo=DemoPartition(i, cfg.sites, cfg.partition)),
+                "--quiet", "--skip-checks")
+            for i, site in enumerate(sites)]
+        code = consortium.wait_run(coordinator, site_procs)
         wall = time.perf_counter() - started
         if code != 0:
-            raise RuntimeError("the deployment run failed:\n"
-                               + (logs / "coordinator.log").read_text()[-3000:])
+            raise RuntimeError("the deployment run failed:\n" + consortium.log(coordinator))
     finally:
-        _stop(procs)
-    run_dir = work / "coordinator" / "runs" / "bench"
+        consortium.stop_all(grace=10.0)
+    run_dir = consortium.run_dir("bench")
     m = json.loads((run_dir / "metrics.json").read_text())
     record = json.loads((run_dir / "coordinator.json").read_text())
     finished = record["events"][-1]
@@ -321,11 +280,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
     data_dir = resolve_data_dir(args.data)
-    cfg = RunConfig(data=args.data, partition="iid", sites=args.sites, rounds=args.rounds,
-                    local_epochs=args.local_epochs, min_sites=args.sites, seed=args.seed,
-                    round_patience=args.rounds + 1,  # equal rounds in both engines
-                    model=ModelConfig(d_model=args.d_model, n_heads=args.n_heads, n_layers=1,
-                                      tokens_per_modality=2))
+    cfg = RunConfig.preset("none", data=args.data, partition="iid", sites=args.sites,
+                           rounds=args.rounds, local_epochs=args.local_epochs,
+                           min_sites=args.sites, seed=args.seed,
+                           round_patience=args.rounds + 1,  # equal rounds in both engines
+                           model=ModelConfig(d_model=args.d_model, n_heads=args.n_heads,
+                                             n_layers=1, tokens_per_modality=2))
     args.out = args.out.resolve()  # site.toml paths are read relative to the file
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{args.sites} sites, {args.rounds} rounds, {args.local_epochs} local epoch(s), "

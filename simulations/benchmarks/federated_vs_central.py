@@ -37,7 +37,7 @@ def _scores(metrics: dict, positive: int | None) -> dict:
 
 
 def run_seed(cfg: RunConfig, out: Path) -> dict:
-    from common.federation import load_federation
+    from common.simulated_federation import load_federation
     from simulations.central import run_baselines_on_split, train_central
     from simulations.runner import simulate
 
@@ -127,8 +127,8 @@ def main() -> None:
     parser.add_argument("--partition", default="site")
     parser.add_argument("--sites", type=int, default=0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=RunConfig().rounds)
-    parser.add_argument("--local-epochs", type=int, default=RunConfig().local_epochs)
+    parser.add_argument("--rounds", type=int, default=RunConfig.preset("none").rounds)
+    parser.add_argument("--local-epochs", type=int, default=RunConfig.preset("none").local_epochs)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -137,9 +137,9 @@ def main() -> None:
     started = time.perf_counter()
     results = []
     for seed in args.seeds:
-        cfg = RunConfig(data=args.data, partition=args.partition, sites=args.sites, seed=seed,
-                        rounds=args.rounds, local_epochs=args.local_epochs,
-                        round_patience=args.rounds)
+        cfg = RunConfig.preset("none", data=args.data, partition=args.partition,
+                               sites=args.sites, seed=seed, rounds=args.rounds,
+                               local_epochs=args.local_epochs, round_patience=args.rounds)
         results.append(run_seed(cfg, args.out / f"seed{seed}"))
         print(f"seed {seed} done ({time.perf_counter() - started:.0f} s)", flush=True)
     table = summarize(results)

@@ -2,8 +2,8 @@
 
 For each seed, on one split (site partition):
 
-* no DP with the default model (``RunConfig()``) and with the local-DP model and
-  schedule (``LOCAL_DP_PRESET``) without noise: the two references;
+* no DP with the non-private model (``RunConfig.preset("none")``) and with the local-DP
+  model and schedule (``RunConfig()``) without noise: the two references;
 * local DP (Opacus DP-SGD at every site, each site's budget epsilon) for each ``--epsilon``;
 * central DP (server clips site updates and noises their mean) at the same epsilons;
 * SecAgg+ combined with local DP at the largest epsilon.
@@ -13,8 +13,8 @@ multipliers up to 100 (the product's default refuses rounds above 10 as signal-f
 so that every epsilon trains the same schedule and its utility is measured. Then, on
 one site-sized full batch, the time of one DP-SGD step (Opacus ghost clipping, and
 per-sample hooks) against one ordinary step of the same model, for the DP model and
-the default model; and a membership-inference audit (:mod:`simulations.audit`) of the
-first seed's models.
+the default model; and a membership-inference audit
+(:mod:`simulations.membership_inference`) of the first seed's models.
 
     python -m simulations.benchmarks.privacy_utility --data brca --seeds 0 1 2
 
@@ -39,7 +39,7 @@ from common.metrics import METRIC_KEYS, format_mean_std
 
 
 def configurations(epsilons: list[float]) -> dict[str, dict]:
-    """Row name -> ``RunConfig.for_privacy`` arguments."""
+    """Row name -> ``RunConfig.preset`` arguments."""
     rows: dict[str, dict] = {
         "no DP, default model": {"dp": "none"},
         "no DP, DP model and schedule": {"dp": "none", "preset": "local"},
@@ -58,7 +58,7 @@ def build_config(data: str, seed: int, out: Path, spec: dict, state_dir: str) ->
     spec = dict(spec)
     dp = spec.pop("dp")
     preset = spec.pop("preset", dp)
-    cfg = RunConfig.for_privacy(preset, data=data, seed=seed, out=str(out), **spec)
+    cfg = RunConfig.preset(preset, data=data, seed=seed, out=str(out), **spec)
     return replace(cfg, dp=dp, state_dir=state_dir, max_noise_multiplier=100.0)
 
 
@@ -95,11 +95,11 @@ def step_times(data: str, repeats: int = 40) -> list[dict]:
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
-    from common.config import LOCAL_DP_PRESET
-    from common.federation import load_federation
+    from common.losses import WeightedCrossEntropy
     from common.model import ModelSpec, build_model, count_parameters
     from common.preprocessing import Standardizer
-    from common.training import WeightedCrossEntropy, tensors
+    from common.simulated_federation import load_federation
+    from common.training import tensors
 
     fed = load_federation(RunConfig(data=data))
     sizes = [len(s.train) for s in fed.plan.sites]
@@ -108,8 +108,8 @@ def step_times(data: str, repeats: int = 40) -> list[dict]:
     x, mask, y = tensors(Standardizer.fit(train).transform(train))
     weights = torch.ones(train.schema.n_classes)
     out = []
-    for label, model_cfg in (("DP model", LOCAL_DP_PRESET["model"]),
-                             ("default model", RunConfig().model)):
+    for label, model_cfg in (("DP model", RunConfig.preset("local").model),
+                             ("default model", RunConfig.preset("none").model)):
         def timed(mode: str, model_cfg: Any = model_cfg) -> float:
             torch.manual_seed(0)
             model = build_model(ModelSpec.for_schema(model_cfg, train.schema))
@@ -176,7 +176,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-privacy")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    from simulations.audit import membership_inference
+    from simulations.membership_inference import membership_inference
 
     rows = configurations(args.epsilons)
     per_seed = [run_seed(args.data, s, args.out / f"seed-{s}", rows) for s in args.seeds]

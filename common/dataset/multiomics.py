@@ -1,4 +1,4 @@
-"""In-memory multi-omics data: per-modality matrices, a modality mask and labels."""
+"""In-memory multi-omics data: per-modality matrices, a modality mask, labels, origin."""
 
 from __future__ import annotations
 
@@ -12,6 +12,28 @@ from common.schema import FeatureSchema, SchemaMismatchError
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class DatasetOrigin:
+    """Where loaded data came from and which manifest described its layout.
+
+    ``manifest_source`` is ``"alias:<name>"`` or ``"fingerprint:<name>"`` for a shipped
+    manifest, ``"dataset.toml"``, ``"--manifest <path>"`` or ``"convention"``;
+    ``manifest_sha256`` is the manifest file's hash (None for the convention).
+    """
+
+    directory: str
+    manifest_source: str
+    manifest_sha256: str | None = None
+
+    def record(self) -> dict[str, str | None]:
+        """The JSON form kept in a run's config.json."""
+        return {
+            "directory": self.directory,
+            "manifest_source": self.manifest_source,
+            "manifest_sha256": self.manifest_sha256,
+        }
+
+
 @dataclass
 class MultiOmicsData:
     """Patients x modalities, aligned to one :class:`FeatureSchema`.
@@ -19,7 +41,8 @@ class MultiOmicsData:
     ``features[m]`` is ``float32 [n, F_m]`` in schema feature order; rows of patients
     who lack modality ``m`` are zeros and ``mask[:, j]`` is False for them.
     ``labels`` is ``int64 [n]`` (indices into ``schema.label_names``) or None for
-    unlabelled data (prediction).
+    unlabelled data (prediction). ``origin`` is set by the dataset loader and kept by
+    :meth:`subset` and :meth:`align_to`.
     """
 
     patient_ids: np.ndarray
@@ -27,6 +50,7 @@ class MultiOmicsData:
     mask: np.ndarray
     labels: np.ndarray | None
     schema: FeatureSchema
+    origin: DatasetOrigin | None = None
 
     def __post_init__(self) -> None:
         n = len(self.patient_ids)
@@ -49,6 +73,10 @@ class MultiOmicsData:
     def modality_names(self) -> list[str]:
         return self.schema.modality_names
 
+    def origin_record(self) -> dict[str, str | None] | None:
+        """:meth:`DatasetOrigin.record` of this data's origin, or None when unknown."""
+        return None if self.origin is None else self.origin.record()
+
     def present_modalities(self) -> list[str]:
         """Modalities that at least one patient has."""
         return [m for j, m in enumerate(self.modality_names) if self.mask[:, j].any()]
@@ -61,6 +89,18 @@ class MultiOmicsData:
             mask=self.mask[idx],
             labels=None if self.labels is None else self.labels[idx],
             schema=self.schema,
+            origin=self.origin,
+        )
+
+    def copy(self) -> MultiOmicsData:
+        """The same data in freshly allocated (writable) arrays."""
+        return MultiOmicsData(
+            patient_ids=self.patient_ids.copy(),
+            features={m: x.copy() for m, x in self.features.items()},
+            mask=self.mask.copy(),
+            labels=None if self.labels is None else self.labels.copy(),
+            schema=self.schema,
+            origin=self.origin,
         )
 
     def concat(self) -> np.ndarray:
@@ -109,7 +149,7 @@ class MultiOmicsData:
         labels = None
         if self.labels is not None:
             labels = _relabel(self.labels, self.schema.label_names, schema.label_names, source)
-        return MultiOmicsData(self.patient_ids, features, mask, labels, schema)
+        return MultiOmicsData(self.patient_ids, features, mask, labels, schema, self.origin)
 
 
 def _relabel(

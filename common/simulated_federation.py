@@ -8,15 +8,15 @@ chosen by the ``partition-id`` in its node config). Deterministic from the run c
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from common.config import RunConfig
-from common.data import MultiOmicsData
 from common.dataset import dataset_fingerprint, load_dataset, read_manifest, site_codes
+from common.dataset.multiomics import MultiOmicsData
 from common.partition import (
     FederationPlan,
     PartitionSpec,
@@ -29,6 +29,25 @@ from common.paths import resolve_data_dir
 logger = logging.getLogger(__name__)
 
 TEST_SPLIT = "test"
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """The run settings that shape a simulated federation (their values: ``RunConfig``)."""
+
+    data: str
+    test_data: str
+    manifest: str
+    partition: str
+    sites: int
+    min_site_size: int
+    val_fraction: float
+    test_fraction: float
+    seed: int
+
+    @classmethod
+    def of(cls, cfg: RunConfig) -> SplitSettings:
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
 
 
 @dataclass
@@ -61,47 +80,29 @@ class SimulatedFederation:
             "sites": self.plan.record(labels, self.pool.schema.label_names),
             "dropped_sites": self.plan.dropped,
             "fingerprints": self.fingerprints,
+            "data_origin": self.pool.origin_record() or self.test.origin_record(),
         }
 
 
 def load_federation(cfg: RunConfig) -> SimulatedFederation:
-    """Cached :func:`build_federation` keyed by the settings that shape the split."""
-    return _cached(
-        cfg.data, cfg.test_data, cfg.manifest, cfg.partition, cfg.sites, cfg.min_site_size,
-        cfg.val_fraction, cfg.test_fraction, cfg.seed,
-    )
+    """Cached :func:`build_federation` of ``cfg``'s split settings."""
+    return _cached(SplitSettings.of(cfg))
 
 
 @lru_cache(maxsize=4)
-def _cached(
-    data: str, test_data: str, manifest: str, partition: str, sites: int, min_site_size: int,
-    val_fraction: float, test_fraction: float, seed: int,
-) -> SimulatedFederation:
-    return build_federation(
-        data, test_data=test_data, manifest=manifest, partition=partition, sites=sites,
-        min_site_size=min_site_size, val_fraction=val_fraction, test_fraction=test_fraction,
-        seed=seed,
-    )
+def _cached(settings: SplitSettings) -> SimulatedFederation:
+    return build_federation(settings)
 
 
-def build_federation(
-    data: str,
-    *,
-    test_data: str = "",
-    manifest: str = "",
-    partition: str = "site",
-    sites: int = 0,
-    min_site_size: int = 20,
-    val_fraction: float = 0.2,
-    test_fraction: float = 0.3,
-    seed: int = 0,
-) -> SimulatedFederation:
-    """Load ``data`` and split it into a global test split and hospitals.
+def build_federation(settings: SplitSettings) -> SimulatedFederation:
+    """Load ``settings.data`` and split it into a global test split and hospitals.
 
     The test split is, in order of preference: the ``test_data`` directory; the dataset's
     own ``test`` split when its manifest declares one (e.g. ROSMAP); a stratified
     ``test_fraction`` hold-out drawn with ``seed``.
     """
+    data, test_data, manifest = settings.data, settings.test_data, settings.manifest
+    seed, test_fraction = settings.seed, settings.test_fraction
     directory = resolve_data_dir(data)
     manifest_path = Path(manifest) if manifest else None
     man = read_manifest(directory, manifest_path)
@@ -127,7 +128,7 @@ def build_federation(
         source = f"held-out stratified {test_fraction:g} (seed {seed})"
     if pool.labels is None:
         raise ValueError(f"{directory}: training data needs labels")
-    spec = PartitionSpec.parse(partition)
+    spec = PartitionSpec.parse(settings.partition)
     codes = None
     if spec.kind == "site":
         if not man.site_pattern:
@@ -137,8 +138,8 @@ def build_federation(
             )
         codes = site_codes(pool, man.site_pattern)
     plan = plan_federation(
-        pool.labels, spec, seed=seed, n_sites=sites or None, site_codes=codes,
-        min_site_size=min_site_size, val_fraction=val_fraction,
+        pool.labels, spec, seed=seed, n_sites=settings.sites or None, site_codes=codes,
+        min_site_size=settings.min_site_size, val_fraction=settings.val_fraction,
     )
     logger.info("federation: %d hospitals from %s; test split %d patients (%s)",
                 len(plan.sites), directory, test.n, source)

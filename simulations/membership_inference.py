@@ -55,8 +55,8 @@ def membership_inference(run_dir: Path, data: str = "") -> dict:
     """Audit the model in ``run_dir`` against its own training patients."""
     from common.bundle import load_bundle
     from common.config import RunConfig
-    from common.data import MultiOmicsData
-    from common.federation import concat_data, load_federation
+    from common.dataset.multiomics import MultiOmicsData
+    from common.simulated_federation import concat_data, load_federation
 
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"

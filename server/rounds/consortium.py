@@ -1,0 +1,144 @@
+"""Forming the consortium: the sites describe themselves, the coordinator merges the
+descriptions into one :class:`~common.consortium_setup.ConsortiumSetup` and sends it to
+every site once per run."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from flwr.app import ConfigRecord, RecordDict
+from flwr.serverapp import Grid
+
+from common.config import RunConfig
+from common.consortium_setup import ConsortiumSetup, setup_digest_of
+from common.preprocessing import FeatureStats, Standardizer
+from common.protocol import CONFIG, DESCRIBE, QUERY_KIND, SiteDescription
+from common.schema import FeatureSchema, SchemaMismatchError
+from server.rounds.exchange import query, wait_for_sites
+from server.rounds.outcome import FederationError
+
+logger = logging.getLogger(__name__)
+
+
+def describe_sites(grid: Grid, nodes: list[int], timeout: float) -> list[SiteDescription]:
+    """Every answering site's description (sites that fail are logged and left out)."""
+    replies, _ = query(grid, nodes, RecordDict({CONFIG: ConfigRecord({QUERY_KIND: DESCRIBE})}),
+                       timeout)
+    out = []
+    for reply in replies:
+        if reply.has_error():
+            logger.warning("site on node %s could not describe itself: %s",
+                           reply.metadata.src_node_id, reply.error.reason)
+            continue
+        out.append(SiteDescription.from_record(reply.content))
+    return out
+
+
+def consortium_schema(descriptions: list[SiteDescription]) -> FeatureSchema:
+    """Union of the sites' modalities; shared modalities must have identical features.
+
+    A site may lack a whole modality (it trains with that modality masked), but two
+    sites may not disagree on a modality's features or on the class names.
+    """
+    modalities: dict[str, tuple[str, ...]] = {}
+    owner: dict[str, str] = {}
+    labels = descriptions[0].schema.label_names
+    for d in descriptions:
+        if d.schema.label_names != labels:
+            raise SchemaMismatchError(
+                f"site {d.site!r} has classes {list(d.schema.label_names)}, site "
+                f"{descriptions[0].site!r} has {list(labels)}; give every site the same "
+                "label_names in its dataset.toml"
+            )
+        for m, feats in d.schema.modalities:
+            if m not in modalities:
+                modalities[m], owner[m] = feats, d.site
+            elif set(modalities[m]) != set(feats):
+                raise SchemaMismatchError(
+                    f"modality {m!r}: site {d.site!r} and site {owner[m]!r} have different "
+                    "feature names"
+                )
+    return FeatureSchema(tuple(modalities.items()), labels)
+
+
+def merge_descriptions(descriptions: list[SiteDescription], class_weighting: str
+                       ) -> tuple[ConsortiumSetup, list[dict]]:
+    """The consortium setup and the per-site summary (name, patients, class counts)."""
+    from common.losses import class_weights
+
+    schema = consortium_schema(descriptions)
+    standardizer = Standardizer.from_stats(FeatureStats.merge([d.stats for d in descriptions]),
+                                           schema)
+    counts = np.sum([d.class_counts for d in descriptions], axis=0)
+    setup = ConsortiumSetup(schema, standardizer, class_weights(counts, class_weighting))
+    sites = [{"site": d.site, "n_train": d.n_train, "n_val": d.n_val,
+              "class_counts": {n: int(c) for n, c in zip(schema.label_names, d.class_counts,
+                                                         strict=True)}}
+             for d in descriptions]
+    logger.info("%d sites, %d training patients; classes %s", len(sites), int(counts.sum()),
+                dict(zip(schema.label_names, counts.tolist(), strict=True)))
+    return setup, sites
+
+
+def form_consortium(grid: Grid, cfg: RunConfig, timeout: float
+                    ) -> tuple[ConsortiumSetup, list[dict]]:
+    """Ask the connected sites to describe themselves and merge what they answer."""
+    nodes = wait_for_sites(grid, cfg.min_sites, timeout)
+    descriptions = describe_sites(grid, nodes, timeout)
+    if len(descriptions) < cfg.min_sites:
+        raise FederationError(f"{len(descriptions)} sites answered, {cfg.min_sites} required")
+    return merge_descriptions(descriptions, cfg.train.class_weighting)
+
+
+SETUP_ATTEMPTS = 3
+# How long a failed setup waits for its node to be listed as connected before giving
+# up until the next round (a node that is really gone must not hold the round).
+RECONNECT_WAIT = 15.0
+
+
+def send_setup(grid: Grid, nodes: list[int], setup: ConsortiumSetup, timeout: float,
+               *, attempts: int = SETUP_ATTEMPTS) -> set[int]:
+    """Send ``setup`` to ``nodes``; the nodes that stored it (a site that fails here
+    gets it again when a round finds it missing).
+
+    A SuperNode that has just restarted can fetch a round's message before the SuperLink
+    counts it as online again, so its setup query is answered "node unavailable": such
+    nodes are asked again once they are listed as connected, a few times within
+    ``timeout``.
+    """
+    stored, digest = set(), setup.digest()
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    for attempt in range(attempts):
+        replies, lost = query(grid, pending, setup.to_message_content(),
+                              max(deadline - time.monotonic(), 1.0))
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                logger.warning("site on node %s did not store the consortium setup: %s", node,
+                               reply.error.reason)
+            elif setup_digest_of(reply.content) != digest:
+                logger.warning("site on node %s stored setup %s, not %s", node,
+                               setup_digest_of(reply.content), digest)
+            else:
+                stored.add(node)
+        if lost:
+            logger.warning("node(s) %s did not acknowledge the consortium setup", sorted(lost))
+        pending = [n for n in pending if n not in stored]
+        if not pending or attempt == attempts - 1 or not _reconnected(grid, pending, deadline):
+            break
+    return stored
+
+
+def _reconnected(grid: Grid, nodes: list[int], deadline: float) -> bool:
+    """Wait (at most :data:`RECONNECT_WAIT`, never past ``deadline``) for any of
+    ``nodes`` to be listed as connected."""
+    time.sleep(1.0)
+    until = min(deadline, time.monotonic() + RECONNECT_WAIT)
+    while time.monotonic() < until:
+        if set(nodes) & set(grid.get_node_ids()):
+            return True
+        time.sleep(1.0)
+    return False

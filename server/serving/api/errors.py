@@ -1,0 +1,47 @@
+"""The API's error answers: validation errors without the input, the predictor's input
+errors, and a 500 that names only the request id."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from server.serving.predictor import InputError
+
+logger = logging.getLogger(__name__)
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 with only location, message and type of each error."""
+    assert isinstance(exc, RequestValidationError)
+    # The default echoes the input (patient values, and NaN, which JSON cannot carry:
+    # that would turn a 422 into a 500).
+    return JSONResponse(status_code=422, content={"detail": [
+        {"loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
+         "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in exc.errors()]})
+
+
+async def input_error(request: Request, exc: Exception) -> JSONResponse:
+    """The predictor's errors, located in the request (422, or 413 for a big batch)."""
+    assert isinstance(exc, InputError)
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.errors})
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """500: the cause goes to the log, the caller gets the request id to quote."""
+    rid = request.scope.get("state", {}).get("request_id", "")
+    logger.error("request %s failed: %s", rid, exc.__class__.__name__, exc_info=exc)
+    return JSONResponse(status_code=500, content={"detail": f"internal error (request id {rid})"})
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Exception],
+                                                   Awaitable[Response]]] = {
+    RequestValidationError: validation_error,
+    InputError: input_error,
+    Exception: internal_error,
+}

@@ -1,0 +1,99 @@
+"""Every aggregation strategy by name, the run settings each one accepts, and its builder.
+
+The registry is the one list of strategy names and the one place that decides which
+strategy / DP / SecAgg+ combinations a run may use (:func:`check_combination`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from common.config import DP_MODES, RunConfig
+from strategies import central_dp, fedavg, fedavgm, fedprox
+from strategies.spec import StrategySpec
+
+SPECS: dict[str, StrategySpec] = {
+    spec.name: spec for spec in (fedavg.SPEC, fedavgm.SPEC, fedprox.SPEC, central_dp.SPEC)
+}
+
+
+def strategy_names() -> tuple[str, ...]:
+    """The names a run config may give as ``strategy``."""
+    return tuple(name for name, spec in SPECS.items() if spec.selectable)
+
+
+def aggregator_name(cfg: RunConfig) -> str:
+    """The strategy that aggregates ``cfg``'s rounds (central DP replaces FedAvg)."""
+    return central_dp.SPEC.name if cfg.dp == "central" else cfg.strategy
+
+
+def build_strategy(name: str, **options: Any) -> Any:
+    """Build strategy ``name``; every option it requires must be given, and only those.
+
+    Raises ValueError naming the valid strategies or options on an unknown name, an
+    unknown (e.g. misspelled) option or a missing one.
+    """
+    spec = SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown strategy {name!r}; choose from {sorted(SPECS)}")
+    valid = sorted(spec.options)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise ValueError(f"strategy {name!r} has no option(s) {unknown}; its options are {valid}")
+    params = inspect.signature(spec.build).parameters
+    missing = sorted(k for k in spec.options
+                     if k not in options and params[k].default is inspect.Parameter.empty)
+    if missing:
+        raise ValueError(f"strategy {name!r} needs option(s) {missing}; its options are {valid}")
+    return spec.build(**options)
+
+
+def strategy_for_run(cfg: RunConfig, **computed: Any) -> Any:
+    """The aggregator of ``cfg`` built from its run config fields.
+
+    ``computed`` holds the options no RunConfig field feeds (central DP:
+    ``noise_multiplier``, calibrated when the run starts).
+    """
+    check_combination(cfg)
+    spec = SPECS[aggregator_name(cfg)]
+    options = {opt: getattr(cfg, source) for opt, source in spec.options.items()
+               if source is not None}
+    return build_strategy(spec.name, **options, **computed)
+
+
+def check_combination(cfg: RunConfig) -> None:
+    """Raise ValueError unless ``cfg``'s strategy exists and supports its DP and SecAgg+.
+
+    The message says what is wrong and lists the allowed combinations.
+    """
+    spec = SPECS.get(cfg.strategy)
+    if spec is None or not spec.selectable:
+        raise ValueError(f"invalid run configuration: strategy {cfg.strategy!r} is not one of "
+                         f"{strategy_names()}")
+    problems = _refusals(spec, cfg.dp, cfg.secagg)
+    if problems:
+        raise ValueError("invalid run configuration: " + "; ".join(problems)
+                         + ". Allowed: " + "; ".join(allowed_combinations()))
+
+
+def allowed_combinations() -> list[str]:
+    """One line per selectable strategy: the DP modes it runs with, with and without SecAgg+."""
+    lines = []
+    for name in strategy_names():
+        spec = SPECS[name]
+        plain = [dp for dp in DP_MODES if not _refusals(spec, dp, secagg=False)]
+        secure = [dp for dp in DP_MODES if not _refusals(spec, dp, secagg=True)]
+        secagg = f"--secagg with --dp {'/'.join(secure)}" if secure else "no --secagg"
+        lines.append(f"{name}: --dp {'/'.join(plain)}, {secagg}")
+    return lines
+
+
+def _refusals(spec: StrategySpec, dp: str, secagg: bool) -> list[str]:
+    """Why ``spec`` cannot run with ``dp`` (and SecAgg+ when ``secagg``); empty when it can."""
+    problems = [spec.refused_dp[dp]] if dp in spec.refused_dp else []
+    if secagg:
+        aggregator = central_dp.SPEC if dp == "central" else spec
+        reasons = dict.fromkeys(r for r in (spec.refused_secagg, aggregator.refused_secagg) if r)
+        problems += list(reasons)
+    return problems
