@@ -170,6 +170,7 @@ def _print_summary(run_dir: Path) -> None:
         table.add_row(name, *(f"{m.get(k, float('nan')):.3f}" for k in
                               METRIC_KEYS))
     Console().print(table)
+    _print_recall(metrics, comparison.get("centralized"), private)
     spent = metrics.get("per_site_epsilon")
     if spent:
         budget = json.loads((run_dir / "config.json").read_text())["run_config"]["epsilon"]
@@ -179,6 +180,26 @@ def _print_summary(run_dir: Path) -> None:
     if metrics.get("stopped_early"):
         stopped = str(metrics["stopped_early"])
         Console().print(Text("stopped early: ", style="yellow") + Text(stopped))
+
+
+def _print_recall(metrics: dict, centralized: dict | None, private: bool) -> None:
+    """Recall per class on the test split: which subtypes the model actually predicts
+    (a macro-F1 can hide a class that is never predicted)."""
+    per_class = metrics.get("test", {}).get("per_class")
+    if not per_class:
+        return
+    table = Table(title="Recall per class (test split; support in brackets)")
+    table.add_column("model", no_wrap=True)
+    for name, scores in per_class.items():
+        table.add_column(f"{name} ({scores['support']})", justify="right")
+    rows = [("federated", per_class)]
+    if centralized and centralized.get("test", {}).get("per_class"):
+        rows.append(("centralized, no DP" if private else "centralized",
+                     centralized["test"]["per_class"]))
+    for label, classes in rows:
+        table.add_row(label, *(f"{classes[name]['recall']:.2f}" if name in classes else "-"
+                               for name in per_class))
+    Console().print(table)
 
 
 def train_central_cmd(

@@ -32,6 +32,10 @@ def test_repeated_runs_start_fresh_and_spent_kept_ledgers_end_in_one_line(
     for attempt in (1, 2):
         code, output = _simulate(data)
         assert code == 0, f"run {attempt}: {output}"
+        # What the private model predicts per class is printed, every class named.
+        assert "Recall per class" in output
+        assert all(name.split("-")[0] in output for name in
+                   ("Luminal A", "HER2", "Luminal B", "Basal", "Normal"))
     first, second = _run_dirs()
     for run in (first, second):
         spent = json.loads((run / "metrics.json").read_text())["per_site_epsilon"]
