@@ -22,18 +22,26 @@ from server.rounds.outcome import FederationError
 logger = logging.getLogger(__name__)
 
 
-def describe_sites(grid: Grid, nodes: list[int], timeout: float) -> list[SiteDescription]:
-    """Every answering site's description (sites that fail are logged and left out)."""
-    replies, _ = query(grid, nodes, RecordDict({CONFIG: ConfigRecord({QUERY_KIND: DESCRIBE})}),
-                       timeout)
-    out = []
-    for reply in replies:
-        if reply.has_error():
-            logger.warning("site on node %s could not describe itself: %s",
-                           reply.metadata.src_node_id, reply.error.reason)
-            continue
-        out.append(SiteDescription.from_record(reply.content))
-    return out
+def describe_sites(grid: Grid, nodes: list[int], timeout: float, *, attempts: int = 2
+                   ) -> list[SiteDescription]:
+    """Every answering site's description. A site that fails or does not answer is asked
+    once more (a worker may still be starting); one that fails again is logged and left
+    out."""
+    out: dict[int, SiteDescription] = {}
+    pending = list(nodes)
+    for _ in range(attempts):
+        replies, _ = query(grid, pending, RecordDict({CONFIG: ConfigRecord(
+            {QUERY_KIND: DESCRIBE})}), timeout)
+        for reply in replies:
+            if reply.has_error():
+                logger.warning("site on node %s could not describe itself: %s",
+                               reply.metadata.src_node_id, reply.error.reason)
+                continue
+            out[reply.metadata.src_node_id] = SiteDescription.from_record(reply.content)
+        pending = [n for n in pending if n not in out]
+        if not pending:
+            break
+    return list(out.values())
 
 
 def consortium_schema(descriptions: list[SiteDescription]) -> FeatureSchema:
