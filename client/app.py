@@ -19,6 +19,7 @@ from common.protocol import (
     QUERY_KIND,
     SITE,
     RoundConfig,
+    SiteMetrics,
     refusal,
     site_record,
 )
@@ -56,8 +57,9 @@ def build_client_app(
             setup = ConsortiumSetup.from_records(msg.content)
             setup.store(context.state)
             return Message(content=acknowledgement(setup), reply_to=msg)
-        _, site = setup_site(context)
-        return Message(content=describe(site).to_record(), reply_to=msg)
+        cfg, site = setup_site(context)
+        private = cfg.dp == "distributed"
+        return Message(content=describe(site, private=private).to_record(), reply_to=msg)
 
     @app.train(mods=[secagg_when_requested, *train_mods])
     def train(msg: Message, context: Context) -> Message:
@@ -69,6 +71,8 @@ def build_client_app(
         # SecAgg+: the legacy fit format; the mod masks the reply
         rc = RoundConfig.from_record(secagg.round_config_record(msg.content) if secure
                                      else msg.content[CONFIG])
+        if rc.noise_plan is not None:
+            return distributed_reply(msg, context, rc, secure)
         try:
             setup = ConsortiumSetup.stored(context.state, rc.setup_digest)
         except SetupMissing as exc:
@@ -107,6 +111,44 @@ def build_client_app(
         metrics = evaluate_round(site, msg.content[ARRAYS].to_torch_state_dict(), setup, cfg)
         content = RecordDict({METRICS: metrics.to_record(), SITE: site_record(site.name)})
         return Message(content=content, reply_to=msg)
+
+    def distributed_reply(msg: Message, context: Context, rc: RoundConfig, secure: bool
+                          ) -> Message:
+        """Distributed DP: the site's noised vector, masked by SecAgg+ (weight 1)."""
+        from client import secagg
+        from client.distributed_round import release, withheld
+        from client.dp import RoundRefused, site_privacy
+        from client.site import initial_state
+        from common.protocol import CLASS_COUNTS_TASK
+
+        cfg, site = setup_site(context)
+        if not secure or cfg.dp != "distributed":
+            reason = ("distributed DP releases noised sums only through secure aggregation"
+                      if not secure else f"the site runs with --dp {cfg.dp}, the round asks "
+                      "for distributed DP")
+            return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason),
+                           reply_to=msg)
+        setup = state = None
+        if rc.task != CLASS_COUNTS_TASK:
+            try:
+                setup = ConsortiumSetup.stored(context.state, rc.setup_digest)
+            except SetupMissing as exc:
+                return setup_missing_reply(msg, exc)
+            state = secagg.received_state(msg.content, initial_state(setup, cfg))
+        privacy = site_privacy(site.name, site.train.n, dict(context.node_config), cfg)
+        assert privacy is not None
+        template = secagg.received_arrays(msg.content)
+        try:
+            out = release(site, rc, cfg, privacy, setup=setup, state=state,
+                          run_id=str(msg.metadata.run_id))
+        except RoundRefused as exc:
+            # Weight 0 and zeros of the release's shapes: the sum is unchanged.
+            zeros = withheld(rc, template, site.train.schema.n_classes)
+            return Message(content=secagg.with_masked_update(refusal(site.name, str(exc)),
+                                                             zeros, 0), reply_to=msg)
+        metrics = SiteMetrics(num_examples=1, epsilon=out.epsilon, delta=out.delta)
+        content = RecordDict({METRICS: metrics.to_record(), SITE: site_record(site.name)})
+        return Message(content=secagg.with_masked_update(content, out.vector, 1), reply_to=msg)
 
     return app
 

@@ -11,6 +11,8 @@ site's Flower SuperNode (see :mod:`client.launcher`) until stopped.
 
 ``site budget --state-dir DIR`` shows the site's privacy ledger (``DIR/privacy-ledger.json``,
 see :mod:`client.privacy`): every DP-SGD round it has trained and the cumulative epsilon.
+
+``site backup create|verify|restore`` backs up that ledger (see :mod:`client.backup`).
 """
 
 from __future__ import annotations
@@ -25,16 +27,20 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from client.backup import backup_app
+
 if TYPE_CHECKING:
     from common.site_config import SiteConfig
 
 app = typer.Typer(
     name="site",
     help="Commands for a participating site (hospital): check local data and configuration "
-    "before joining, join the consortium, show the privacy budget spent.",
+    "before joining, join the consortium, show the privacy budget spent, back up the "
+    "privacy ledger.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(backup_app, name="backup")
 
 
 @app.callback()
@@ -55,6 +61,11 @@ def check(
     probe: bool = typer.Option(
         False, "--probe", help="With --config: verify the coordinator's TLS certificate."
     ),
+    other_configs: list[Path] = typer.Option(
+        [], "--other-config", metavar="SITE_TOML",
+        help="With --config: another site on this host (repeatable); its SuperNode port and "
+        "state directory must differ. The site.toml files beside --config are checked too.",
+    ),
     split: str | None = typer.Option(
         None, "--split", metavar="S", help="Check one split only (datasets with splits)."
     ),
@@ -74,6 +85,7 @@ def check(
     """Validate a dataset directory; exit code 1 if it has errors."""
     # Imported here so `cancer-alpha --help` stays fast.
     from common.dataset import inspect_dataset
+    from common.dataset.qc import summary_rows as qc_summary_rows
     from common.paths import resolve_data_dir
     from common.schema import FeatureSchema
 
@@ -82,7 +94,7 @@ def check(
     config_ok = True
     if config is not None:  # report key and CA problems, then the data's, then fail
         site_cfg = _site_config(config)
-        config_ok = _preflight_ok(site_cfg, probe=probe)
+        config_ok = _preflight_ok(site_cfg, probe=probe, other_configs=other_configs)
         if data is None:
             data = str(site_cfg.data_dir)
             manifest = manifest or site_cfg.manifest
@@ -128,6 +140,14 @@ def check(
         )
     if report.modalities:
         console.print(summary)
+    qc_rows = qc_summary_rows(report.modalities)
+    if qc_rows:
+        qc_table = Table(title="Preprocessing")
+        for col in ("modality", "format", "features", "steps"):
+            qc_table.add_column(col, overflow="fold")
+        for row in qc_rows:
+            qc_table.add_row(*(Text(c) for c in row))
+        console.print(qc_table)
     if report.classes:
         console.print(
             Text("classes: " + ", ".join(f"{nm} {c}" for nm, c in report.classes.items()))
@@ -261,13 +281,13 @@ def _site_config(path: Path) -> SiteConfig:
 
 
 def _preflight_ok(cfg: SiteConfig, *, probe: bool, check_data: bool = False,
-                  unreachable_ok: bool = False) -> bool:
-    """Print the site's key, CA (and coordinator) checks; False when any failed."""
+                  unreachable_ok: bool = False, other_configs: list[Path] | None = None) -> bool:
+    """Print the site's key, CA, port (and coordinator) checks; False when any failed."""
     from client.launcher import preflight
 
     console = Console()
     result = preflight(cfg, check_data=check_data, probe_coordinator=probe,
-                       unreachable_ok=unreachable_ok)
+                       unreachable_ok=unreachable_ok, other_configs=other_configs or [])
     console.print(f"[bold]Site[/bold] {escape(cfg.site_id)} -> coordinator "
                   f"{escape(cfg.coordinator)}  [dim]config: {escape(str(cfg.source))}[/dim]")
     for line in result.info:

@@ -49,25 +49,34 @@ class SitePrivacy:
     ledger: Any  # client.privacy.PrivacyLedger
     max_grad_norm: float
     max_noise_multiplier: float
+    # Distributed DP: the least noise (x sensitivity) the site's own share carries, so its
+    # patients keep a guarantee even if every other site colludes with the coordinator.
+    noise_floor: float = 0.0
 
 
 def site_privacy(
     site_name: str, n_train: int, node_config: dict[str, Any], cfg: RunConfig
 ) -> SitePrivacy | None:
-    """The site's budget and ledger when it trains with local DP, else None."""
-    if cfg.dp != "local":
+    """The site's budget and ledger when it trains with local or distributed DP, else None."""
+    if cfg.dp not in ("local", "distributed"):
         return None
     from client.privacy import PrivacyBudget, PrivacyLedger, ledger_path
+    from common.distributed_dp import DEFAULT_DELTA
 
     epsilon = float(node_config.get("epsilon", cfg.epsilon))
-    delta = node_config.get("delta", cfg.delta) or None  # 0 = the site's default 1/(10 n)
+    # 0 = the default: 1/(10 n) under local DP, the consortium's 1e-5 under distributed
+    delta = node_config.get("delta", cfg.delta) or (DEFAULT_DELTA if cfg.dp == "distributed"
+                                                   else None)
     state_dir = node_config.get("state-dir")
     if state_dir is None:  # simulation: one state directory per virtual hospital
         state_dir = cfg.site_state_root() / site_name
     budget = PrivacyBudget.for_site(epsilon, None if delta is None else float(delta), n_train)
     ledger = PrivacyLedger.open(ledger_path(Path(state_dir)))
     max_noise = float(node_config.get("max-noise-multiplier", cfg.max_noise_multiplier))
-    return SitePrivacy(budget, ledger, cfg.max_grad_norm, max_noise)
+    floor = float(node_config.get("noise-floor", 0.0))
+    if not floor >= 0:
+        raise ValueError(f"node config noise-floor must be >= 0, got {floor}")
+    return SitePrivacy(budget, ledger, cfg.max_grad_norm, max_noise, floor)
 
 
 def train_private(

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,13 @@ class Preflight:
 
 
 def preflight(cfg: SiteConfig, *, check_data: bool = True, probe_coordinator: bool = False,
-              unreachable_ok: bool = False) -> Preflight:
-    """Check keys, certificates and data before joining; never sends any data.
+              unreachable_ok: bool = False, check_ports: bool = True,
+              other_configs: Iterable[Path] = ()) -> Preflight:
+    """Check keys, certificates, local ports and data before joining; never sends any data.
+
+    ``check_ports``: the SuperNode's local port must be free, and no other site of this
+    host (the site configurations beside this one, and ``other_configs``) may use the
+    same port or state directory (see :mod:`client.ports`).
 
     ``probe_coordinator`` opens a TLS connection to the coordinator and verifies its
     certificate against the site's CA (expired, wrong CA, wrong name are reported in
@@ -97,6 +103,8 @@ def preflight(cfg: SiteConfig, *, check_data: bool = True, probe_coordinator: bo
                                 "coordinator must have registered this fingerprint)")
     except PkiError as e:
         out.errors.append(str(e))
+    if check_ports:
+        _check_ports(cfg, other_configs, out)
     if check_data:
         out.errors += _data_errors(cfg, out)
     if probe_coordinator and out.ok:
@@ -110,6 +118,21 @@ def preflight(cfg: SiteConfig, *, check_data: bool = True, probe_coordinator: bo
             else:
                 out.errors.append(str(e))
     return out
+
+
+def _check_ports(cfg: SiteConfig, other_configs: Iterable[Path], out: Preflight) -> None:
+    from client.ports import clash_errors, port_error, sibling_configs
+
+    others = sibling_configs(cfg, other_configs)
+    clashes = clash_errors(cfg, others)
+    out.errors += clashes
+    taken = port_error(cfg)
+    if taken:
+        out.errors.append(taken)
+    elif not clashes:
+        out.info.append(f"SuperNode port {cfg.port} is free"
+                        + (f" and no other of the {len(others)} site(s) configured beside "
+                           "this one uses it" if others else ""))
 
 
 def _data_errors(cfg: SiteConfig, out: Preflight) -> list[str]:

@@ -41,6 +41,12 @@ def round_config_record(content: RecordDict) -> ConfigRecord:
     return content.config_records[FIT_CONFIG]
 
 
+def received_arrays(content: RecordDict) -> list[np.ndarray]:
+    """The arrays of a secure round's message, in the order they were sent."""
+    return parameters_to_ndarrays(arrayrecord_to_parameters(content[FIT_PARAMETERS],
+                                                            keep_input=True))
+
+
 def received_state(content: RecordDict, template: dict[str, Any]) -> dict[str, Any]:
     """The global weights of a secure round, named and shaped like ``template``.
 
@@ -49,8 +55,7 @@ def received_state(content: RecordDict, template: dict[str, Any]) -> dict[str, A
     """
     import torch
 
-    arrays = parameters_to_ndarrays(arrayrecord_to_parameters(content[FIT_PARAMETERS],
-                                                              keep_input=True))
+    arrays = received_arrays(content)
     if len(arrays) != len(template):
         raise ValueError(f"secure round: received {len(arrays)} weight tensors, the model "
                          f"has {len(template)}")

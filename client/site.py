@@ -110,8 +110,14 @@ def _own_directory(data_dir: str, manifest: str, name: str, val_fraction: float,
     return Site(name or Path(data_dir).name, data.subset(train), data.subset(val))
 
 
-def describe(site: Site) -> SiteDescription:
-    """Schema, class counts and shareable feature statistics of the site's training data."""
+def describe(site: Site, *, private: bool = False) -> SiteDescription:
+    """Schema, class counts and shareable feature statistics of the site's training data.
+
+    ``private`` (distributed DP): the schema only, feature and label names; the counts
+    reach the coordinator as a noised consortium sum (:mod:`client.distributed_round`).
+    """
+    if private:
+        return SiteDescription(site=site.name, schema=site.train.schema)
     return SiteDescription(
         site=site.name,
         schema=site.train.schema,
@@ -122,11 +128,11 @@ def describe(site: Site) -> SiteDescription:
     )
 
 
-def _prepared(data: MultiOmicsData, setup: ConsortiumSetup) -> MultiOmicsData:
+def prepared(data: MultiOmicsData, setup: ConsortiumSetup) -> MultiOmicsData:
     return setup.standardizer.transform(data.align_to(setup.schema))
 
 
-def _model(setup: ConsortiumSetup, cfg: RunConfig, state: dict[str, Any] | None = None):
+def site_model(setup: ConsortiumSetup, cfg: RunConfig, state: dict[str, Any] | None = None):
     from common.model import ModelSpec, build_model
 
     model = build_model(ModelSpec.for_schema(cfg.model, setup.schema))
@@ -137,7 +143,7 @@ def _model(setup: ConsortiumSetup, cfg: RunConfig, state: dict[str, Any] | None 
 
 def initial_state(setup: ConsortiumSetup, cfg: RunConfig) -> dict[str, Any]:
     """A freshly initialized consortium model's weights: names, shapes, dtypes, order."""
-    return _model(setup, cfg).state_dict()
+    return site_model(setup, cfg).state_dict()
 
 
 def train_round(
@@ -162,10 +168,10 @@ def train_round(
     from common.training import make_loader, seed_everything, select_device, train_epochs
 
     device = select_device(site.device or cfg.train.device)
-    model = _model(setup, cfg, state).to(device)
+    model = site_model(setup, cfg, state).to(device)
     metrics = validation_metrics(model, site, setup)
     seed_everything(cfg.seed * 1000 + rc.server_round)
-    train = _prepared(site.train, setup)
+    train = prepared(site.train, setup)
     loader = make_loader(train, cfg.train.batch_size, shuffle=True,
                          seed=cfg.seed * 1000 + rc.server_round)
     optimizer = make_optimizer(model, cfg.train)
@@ -197,7 +203,7 @@ def evaluate_round(
     site: Site, state: dict[str, Any], setup: ConsortiumSetup, cfg: RunConfig
 ) -> SiteMetrics:
     """Validation metrics of the global weights (``num_examples`` = validation patients)."""
-    return validation_metrics(_model(setup, cfg, state), site, setup)
+    return validation_metrics(site_model(setup, cfg, state), site, setup)
 
 
 def validation_metrics(model: Any, site: Site, setup: ConsortiumSetup) -> SiteMetrics:
@@ -206,7 +212,7 @@ def validation_metrics(model: Any, site: Site, setup: ConsortiumSetup) -> SiteMe
     from common.metrics import confusion_matrix
     from common.training import predict_proba
 
-    val = _prepared(site.val, setup)
+    val = prepared(site.val, setup)
     proba = predict_proba(model, val)
     assert val.labels is not None
     confusion = confusion_matrix(val.labels, proba.argmax(axis=1), setup.schema.n_classes)

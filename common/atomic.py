@@ -20,28 +20,33 @@ PRIVATE_FILE_MODE = 0o600
 PUBLIC_FILE_MODE = 0o644
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
+def write_bytes_atomic(path: Path, data: bytes, *, private: bool = False,
+                       durable: bool = True) -> None:
     """Replace ``path`` with ``data``; private files are 0600 from creation on."""
-    write_with_atomic(path, lambda fh: fh.write(data), private=private)
+    write_with_atomic(path, lambda fh: fh.write(data), private=private, durable=durable)
 
 
-def write_text_atomic(path: Path, text: str, *, private: bool = False) -> None:
+def write_text_atomic(path: Path, text: str, *, private: bool = False,
+                      durable: bool = True) -> None:
     """Replace ``path`` with ``text`` (UTF-8)."""
-    write_bytes_atomic(path, text.encode("utf-8"), private=private)
+    write_bytes_atomic(path, text.encode("utf-8"), private=private, durable=durable)
 
 
 def write_json_atomic(path: Path, payload: Any, *, private: bool = False,
-                      default: Callable[[Any], Any] | None = None, indent: int = 2) -> None:
+                      default: Callable[[Any], Any] | None = None, indent: int = 2,
+                      durable: bool = True) -> None:
     """Replace ``path`` with ``payload`` as JSON. NaN and infinity are refused
     (``allow_nan=False``): they are not JSON and would poison whoever reads the file."""
     text = json.dumps(payload, indent=indent, default=default, allow_nan=False) + "\n"
-    write_text_atomic(path, text, private=private)
+    write_text_atomic(path, text, private=private, durable=durable)
 
 
 def write_with_atomic(path: Path, write: Callable[[BinaryIO], Any], *,
-                      private: bool = False) -> None:
+                      private: bool = False, durable: bool = True) -> None:
     """Replace ``path`` with whatever ``write`` puts into the binary file it is given
-    (for writers that want a file object, e.g. ``torch.save``)."""
+    (for writers that want a file object, e.g. ``torch.save``). ``durable=False`` skips
+    the fsyncs: still atomic for readers and after a process crash, but a power loss
+    may leave the previous version (for files rewritten very often)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -51,13 +56,15 @@ def write_with_atomic(path: Path, write: Callable[[BinaryIO], Any], *,
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_directory(path.parent)
+    if durable:
+        fsync_directory(path.parent)
 
 
 def fsync_directory(directory: Path) -> None:

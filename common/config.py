@@ -14,8 +14,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
 
-DP_MODES = ("none", "local", "central")
+DP_MODES = ("none", "local", "central", "distributed")
 SITE_STATE_DIR = "site-state"  # simulation: the virtual hospitals' state, in the run directory
+# Distributed DP's model width, step size and rounds: chosen on pooled validation
+# macro-F1 of the bundled BRCA federation (docs/privacy.md).
+DISTRIBUTED_D_MODEL = 16
+DISTRIBUTED_LR = 2.0
+DISTRIBUTED_ROUNDS = 40
 
 
 def offline_flower_env(flwr_home: Path | None = None) -> None:
@@ -79,6 +84,13 @@ class ModelConfig(_Section):
         return cls(d_model=16, n_heads=2, n_layers=1, tokens_per_modality=1,
                    dropout=0.0, attention_dropout=0.0, modality_dropout=0.0)
 
+    @classmethod
+    def for_distributed_dp(cls) -> ModelConfig:
+        """The model distributed DP trains by noised full-batch gradient steps (chosen on
+        pooled validation macro-F1, see docs/privacy.md)."""
+        return cls(d_model=DISTRIBUTED_D_MODEL, n_heads=2, n_layers=1, tokens_per_modality=1,
+                   dropout=0.0, attention_dropout=0.0, modality_dropout=0.0)
+
 
 @dataclass
 class TrainConfig(_Section):
@@ -111,6 +123,13 @@ class TrainConfig(_Section):
         for the budget."""
         return cls(batch_size=0, optimizer="sgd", lr=1.0, momentum=0.0, warmup_fraction=0.0)
 
+    @classmethod
+    def for_distributed_dp(cls) -> TrainConfig:
+        """The coordinator's step on the noised gradient sum: ``lr`` with a cosine decay
+        over the run (server momentum comes from the strategy, FedAvgM)."""
+        return cls(batch_size=0, optimizer="sgd", lr=DISTRIBUTED_LR, momentum=0.0,
+                   warmup_fraction=0.0, class_weighting="none")
+
 
 @dataclass
 class RunConfig:
@@ -129,23 +148,39 @@ class RunConfig:
     min_site_size: int = 20
     val_fraction: float = 0.2
     test_fraction: float = 0.3
-    # Local DP: many one-epoch rounds, the fewest noisy releases per round. Chosen on
-    # pooled validation macro-F1 of the bundled BRCA federation; see docs/privacy.md.
-    rounds: int = 20
+    # Distributed DP: one noised full-batch gradient step per round. Chosen on pooled
+    # validation macro-F1 of the bundled BRCA federation; see docs/privacy.md.
+    rounds: int = DISTRIBUTED_ROUNDS
     local_epochs: int = 1
-    strategy: str = "fedavg"
+    strategy: str = "fedavgm"
     proximal_mu: float = 0.01
     server_momentum: float = 0.9  # fedavgm: momentum of the server's SGD on averaged updates
+    # Robust aggregation and server optimizers (strategies/*); ranges: strategies.registry.
+    trim_fraction: float = 0.25  # trimmedavg: fraction cut from each tail, per coordinate
+    malicious_sites: int = 1  # krum, bulyan: hostile sites the aggregation must tolerate
+    krum_select: int = 1  # krum: updates averaged (1: Krum, more: multi-Krum)
+    server_lr: float = 0.01  # fedadam, fedyogi: the server optimizer's learning rate (eta)
+    server_tau: float = 1e-3  # fedadam, fedyogi: adaptivity (larger: closer to SGD)
+    # Update vetting (strategies.guard): reject an update whose distance to the global
+    # model exceeds this many times the round's median (0: no bound), and leave a site
+    # out of the run after this many rejected rounds (0: never).
+    max_update_norm_ratio: float = 5.0
+    quarantine_after: int = 0
     fraction_train: float = 1.0
     min_sites: int = 2
     round_patience: int = 10
     seed: int = 0
     out: str = ""
-    # Differential privacy: "none", "local" (DP-SGD at every site, see client.dp) or
-    # "central" (server clips site updates and noises their mean, strategies.central_dp).
-    dp: str = "local"
-    epsilon: float = 8.0  # local: each site's budget (its node config overrides); central: run's
-    delta: float = 0.0  # 0: local, 1 / (10 * site's patients); central, 1 / (10 * sites)
+    # Differential privacy: "distributed" (sites add shares of the noise to clipped
+    # gradient sums that only SecAgg+ opens, see server.rounds.distributed), "local"
+    # (DP-SGD at every site, see client.dp), "central" (server clips site updates and
+    # noises their mean, strategies.central_dp) or "none".
+    dp: str = "distributed"
+    # Distributed and local DP: each site's budget (its node config overrides); the
+    # distributed noise is planned for this epsilon. Central DP: the run's.
+    epsilon: float = 8.0
+    # 0: distributed, 1e-5; local, 1 / (10 * site's patients); central, 1 / (10 * sites)
+    delta: float = 0.0
     max_grad_norm: float = 1.0  # clipping: per-sample gradients (local), site updates (central)
     # A site declines a round that would need more noise than this to fit its budget.
     max_noise_multiplier: float = 10.0
@@ -164,8 +199,8 @@ class RunConfig:
     # Fraction of a site's neighbours whose shares unmask it: higher is more private,
     # lower tolerates more sites dropping out mid-round.
     secagg_threshold: float = 0.5
-    model: ModelConfig = field(default_factory=ModelConfig.for_local_dp)
-    train: TrainConfig = field(default_factory=TrainConfig.for_local_dp)
+    model: ModelConfig = field(default_factory=ModelConfig.for_distributed_dp)
+    train: TrainConfig = field(default_factory=TrainConfig.for_distributed_dp)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -206,20 +241,30 @@ class RunConfig:
         if problems:
             raise ValueError("invalid run configuration: " + "; ".join(problems))
 
+    @property
+    def secure_aggregation(self) -> bool:
+        """Whether the run sums through SecAgg+ (asked for, or distributed DP)."""
+        return self.secagg or self.dp == "distributed"
+
     @classmethod
     def preset(cls, dp: str | None = None, **settings: Any) -> RunConfig:
         """The run config that suits DP mode ``dp`` (default: the dataclass's), overridden
         by ``settings``.
 
-        Local DP: the defaults. No DP and central DP (the server noises the mean of
-        whole updates, so the sites' model size does not scale the noise): the default
-        architecture and optimiser, fewer rounds of more local epochs.
+        Distributed DP: the defaults. Local DP: many one-epoch rounds of a small model,
+        the fewest noisy releases per round. No DP and central DP (the server noises the
+        mean of whole updates, so the sites' model size does not scale the noise): the
+        default architecture and optimiser, fewer rounds of more local epochs.
         """
         dp = cls.dp if dp is None else dp
-        if dp == "local":
+        if dp == "distributed":
             return cls(dp=dp, **settings)
-        return cls(**{"dp": dp, "rounds": 10, "local_epochs": 4, "model": ModelConfig(),
-                      "train": TrainConfig(), **settings})
+        if dp == "local":
+            return cls(**{"dp": dp, "rounds": 20, "local_epochs": 1, "strategy": "fedavg",
+                          "model": ModelConfig.for_local_dp(),
+                          "train": TrainConfig.for_local_dp(), **settings})
+        return cls(**{"dp": dp, "rounds": 10, "local_epochs": 4, "strategy": "fedavg",
+                      "model": ModelConfig(), "train": TrainConfig(), **settings})
 
     def site_state_root(self) -> Path:
         """Where a simulation's virtual hospitals keep their state (privacy ledgers):

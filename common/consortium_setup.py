@@ -28,6 +28,7 @@ SETUP_MISSING = "consortium setup missing"  # in the error a site raises without
 _SETUP_CONFIG = "consortium-setup"
 _SETUP_ARRAYS = "consortium-arrays"
 _CLASS_WEIGHT = "class-weight"
+_CLASS_PRIOR = "class-prior"
 _SCHEMA = "schema"
 
 
@@ -47,11 +48,16 @@ def is_setup_missing(reason: str) -> bool:
 
 @dataclass(frozen=True)
 class ConsortiumSetup:
-    """Consortium schema, standardizer and class weights of one run."""
+    """Consortium schema, standardizer and class weights of one run.
+
+    ``class_prior`` (distributed DP): the class frequencies from the noised consortium
+    counts, for the logit-adjusted loss (:mod:`client.distributed_dp`).
+    """
 
     schema: FeatureSchema
     standardizer: Standardizer
     class_weight: np.ndarray
+    class_prior: np.ndarray | None = None
 
     def digest(self) -> str:
         """A short content hash: rounds name the setup they were planned with."""
@@ -65,6 +71,8 @@ class ConsortiumSetup:
         arrays = {k: np.asarray(v, dtype=np.float32)
                   for k, v in self.standardizer.to_arrays().items()}
         arrays[_CLASS_WEIGHT] = np.asarray(self.class_weight, dtype=np.float32)
+        if self.class_prior is not None:
+            arrays[_CLASS_PRIOR] = np.asarray(self.class_prior, dtype=np.float32)
         return arrays
 
     def records(self) -> RecordDict:
@@ -86,8 +94,9 @@ class ConsortiumSetup:
         config, arrays = content[_SETUP_CONFIG], content[_SETUP_ARRAYS]
         values = {k: v.numpy() for k, v in arrays.items()}
         weight = values.pop(_CLASS_WEIGHT)
+        prior = values.pop(_CLASS_PRIOR, None)
         return cls(FeatureSchema.from_dict(json.loads(str(config[_SCHEMA]))),
-                   Standardizer.from_arrays(values), weight)
+                   Standardizer.from_arrays(values), weight, prior)
 
     def store(self, state: RecordDict) -> None:
         """Keep the setup in a site's per-run ``Context.state``."""

@@ -5,6 +5,10 @@ with that modality and the per-feature sum and sum of squares over them. Sums fr
 all sites add up to the pooled statistics, so the server obtains exactly the mean and
 standard deviation that pooled training data would give, without seeing a value.
 A site refuses to report statistics over fewer than ``MIN_PATIENTS_FOR_STATS`` patients.
+
+Private runs need no statistics at all: :meth:`Standardizer.for_each_patient` standardizes each
+patient's features of a modality by that patient's own mean and standard deviation, so
+nothing about other patients enters a patient's input.
 """
 
 from __future__ import annotations
@@ -61,12 +65,31 @@ class FeatureStats:
         return FeatureStats(count, total, total_sq)
 
 
+# Array key marking a per-patient standardizer in bundles, checkpoints and setups.
+_PER_PATIENT = "per-patient"
+
+
 @dataclass
 class Standardizer:
-    """``(x - mean) / std`` per feature; stored in the model bundle."""
+    """``(x - mean) / std`` per feature; stored in the model bundle.
+
+    With ``per_patient``, each patient's values of a modality are first centred and
+    scaled by that patient's own mean and standard deviation over the modality's features
+    (``mean`` 0 and ``std`` 1 then leave them as they are).
+    """
 
     mean: dict[str, np.ndarray]
     std: dict[str, np.ndarray]
+    per_patient: bool = False
+
+    @classmethod
+    def for_each_patient(cls, schema: FeatureSchema) -> Standardizer:
+        """The standardizer that uses no statistics of other patients (private runs)."""
+        mean = {m: np.zeros(len(schema.features(m)), dtype=np.float32)
+                for m in schema.modality_names}
+        std = {m: np.ones(len(schema.features(m)), dtype=np.float32)
+               for m in schema.modality_names}
+        return cls(mean, std, per_patient=True)
 
     @classmethod
     def from_stats(cls, stats: FeatureStats, schema: FeatureSchema) -> Standardizer:
@@ -93,7 +116,10 @@ class Standardizer:
         """Standardized copy; masked-out rows stay exactly zero (the mean)."""
         feats = {}
         for j, m in enumerate(data.modality_names):
-            z = (data.features[m] - self.mean[m]) / self.std[m]
+            x = data.features[m]
+            if self.per_patient:
+                x = _per_patient(x)
+            z = (x - self.mean[m]) / self.std[m]
             z[~data.mask[:, j]] = 0.0
             feats[m] = z.astype(np.float32)
         return MultiOmicsData(
@@ -103,6 +129,8 @@ class Standardizer:
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {f"mean/{m}": v for m, v in self.mean.items()}
         out.update({f"std/{m}": v for m, v in self.std.items()})
+        if self.per_patient:
+            out[_PER_PATIENT] = np.ones(1, dtype=np.float32)
         return out
 
     @classmethod
@@ -111,4 +139,12 @@ class Standardizer:
             k.split("/", 1)[1]: np.asarray(v) for k, v in arrays.items() if k.startswith("mean/")
         }
         std = {k.split("/", 1)[1]: np.asarray(v) for k, v in arrays.items() if k.startswith("std/")}
-        return cls(mean, std)
+        return cls(mean, std, per_patient=_PER_PATIENT in arrays)
+
+
+def _per_patient(x: np.ndarray) -> np.ndarray:
+    """Each row centred and scaled by its own mean and standard deviation."""
+    x = np.asarray(x, dtype=np.float64)
+    mu = x.mean(axis=1, keepdims=True)
+    sd = x.std(axis=1, keepdims=True)
+    return (x - mu) / np.where(sd < _MIN_STD, 1.0, sd)

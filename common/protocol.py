@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from common.distributed_dp import NoisePlan
 from common.preprocessing import FeatureStats
 from common.schema import FeatureSchema
 
@@ -56,6 +57,13 @@ CLASS_COUNTS = "class-counts"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
 SETUP_DIGEST = "setup-digest"  # the consortium setup a round was planned with
+TASK = "task"  # what a distributed-DP round asks a site to release (see RoundConfig)
+_NOISE_PLAN = "dp."  # prefix of the noise plan's keys in a round config
+
+# Tasks of a distributed-DP round: every one releases a noised sum through SecAgg+.
+TRAIN_TASK = "train"  # the clipped gradient sum (and the validation of the weights sent)
+CLASS_COUNTS_TASK = "class-counts"  # the training class counts, once per run
+VALIDATE_TASK = "validate"  # the validation confusion counts of the weights sent
 
 
 @dataclass
@@ -72,15 +80,22 @@ class RoundConfig:
     progress_end: float = 1.0
     proximal_mu: float = 0.0
     server_round: int = 0
+    task: str = TRAIN_TASK
+    # Distributed DP: the noise of the run's releases; None in every other mode.
+    noise_plan: NoisePlan | None = None
 
     def to_record(self) -> ConfigRecord:
-        return ConfigRecord({
+        rec: dict[str, Any] = {
             SETUP_DIGEST: self.setup_digest,
             "local-epochs": int(self.local_epochs),
             "progress-start": float(self.progress_start),
             "progress-end": float(self.progress_end),
             PROXIMAL_MU: float(self.proximal_mu),
-        })
+            TASK: self.task,
+        }
+        if self.noise_plan is not None:
+            rec.update({_NOISE_PLAN + k: v for k, v in self.noise_plan.to_dict().items()})
+        return ConfigRecord(rec)
 
     @classmethod
     def from_record(cls, rec: ConfigRecord) -> RoundConfig:
@@ -92,39 +107,70 @@ class RoundConfig:
             # FedProx puts its mu under this key itself (flwr FedProx.configure_train).
             proximal_mu=float(rec.get(PROXIMAL_MU, 0.0)),
             server_round=int(rec.get(SERVER_ROUND, 0)),
+            task=str(rec.get(TASK, TRAIN_TASK)),
+            noise_plan=_noise_plan_of(rec),
         )
+
+
+def _noise_plan_of(rec: ConfigRecord) -> NoisePlan | None:
+    values = {k.removeprefix(_NOISE_PLAN): v for k, v in rec.items()
+              if k.startswith(_NOISE_PLAN)}
+    if not values:
+        return None
+    try:
+        return NoisePlan(**values)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ValueError(f"round config: malformed noise plan {sorted(values)}: {exc}") from exc
 
 
 @dataclass
 class SiteDescription:
-    """A site's answer to ``describe``."""
+    """A site's answer to ``describe``.
+
+    Under distributed DP a site describes only its schema (feature and label names): its
+    counts reach the coordinator as noised consortium sums, and no statistics are needed
+    (each patient is standardized by its own values).
+    """
 
     site: str
     schema: FeatureSchema
-    n_train: int
-    n_val: int
-    class_counts: np.ndarray
-    stats: FeatureStats
+    n_train: int | None = None
+    n_val: int | None = None
+    class_counts: np.ndarray | None = None
+    stats: FeatureStats | None = None
+
+    @property
+    def private(self) -> bool:
+        """True when the site withheld its counts and statistics."""
+        return self.class_counts is None
 
     def to_record(self) -> RecordDict:
+        content = RecordDict({
+            SITE: ConfigRecord({"name": self.site, "schema": json.dumps(self.schema.to_dict())}),
+        })
+        if self.private:
+            return content
+        assert self.stats is not None and self.class_counts is not None
         arrays = {}
         for m in self.stats.count:
             arrays[f"sum/{m}"] = self.stats.total[m]
             arrays[f"sumsq/{m}"] = self.stats.total_sq[m]
         counts = {f"count/{m}": int(c) for m, c in self.stats.count.items()}
-        return RecordDict({
-            STATS: ArrayRecord({k: to_array(v, np.float64) for k, v in arrays.items()}),
-            METRICS: MetricRecord({
-                N_TRAIN: self.n_train, N_VAL: self.n_val,
-                CLASS_COUNTS: [int(c) for c in self.class_counts], **counts,
-            }),
-            SITE: ConfigRecord({"name": self.site, "schema": json.dumps(self.schema.to_dict())}),
+        content[STATS] = ArrayRecord({k: to_array(v, np.float64) for k, v in arrays.items()})
+        content[METRICS] = MetricRecord({
+            N_TRAIN: int(self.n_train or 0), N_VAL: int(self.n_val or 0),
+            CLASS_COUNTS: [int(c) for c in self.class_counts], **counts,
         })
+        return content
 
     @classmethod
     def from_record(cls, content: RecordDict) -> SiteDescription:
-        metrics = content[METRICS]
         site = content[SITE]
+        name = str(site["name"])
+        schema = FeatureSchema.from_dict(json.loads(str(site["schema"])))
+        if METRICS not in content:
+            return cls(site=name, schema=schema)
+        metrics = content[METRICS]
         arrays = {k: v.numpy() for k, v in content[STATS].items()}
         modalities = [k.removeprefix("count/") for k in metrics if k.startswith("count/")]
         stats = FeatureStats(
@@ -133,8 +179,8 @@ class SiteDescription:
             total_sq={m: arrays[f"sumsq/{m}"] for m in modalities},
         )
         return cls(
-            site=str(site["name"]),
-            schema=FeatureSchema.from_dict(json.loads(str(site["schema"]))),
+            site=name,
+            schema=schema,
             n_train=int(metrics[N_TRAIN]),
             n_val=int(metrics[N_VAL]),
             class_counts=np.asarray(metrics[CLASS_COUNTS], dtype=np.int64),

@@ -299,7 +299,12 @@ def coordinator_sync_sites(
                              help="Address the running coordinator listens on."),
     port: int = typer.Option(9092, "--port", help="Port the running coordinator listens on."),
 ) -> None:
-    """Apply new, rotated and revoked site keys to the running coordinator."""
+    """Make the running coordinator's nodes equal the PKI's site keys.
+
+    Registers new keys, unregisters revoked or rotated ones and any node no site key
+    accounts for; prints what changed as JSON. Exit code 1 when a site's key could not
+    be registered (``refused`` says why).
+    """
     from server.coordinator import (
         CoordinatorConfig,
         CoordinatorError,
@@ -314,8 +319,9 @@ def coordinator_sync_sites(
         report = sync_sites(cfg, coordinator_env(cfg))
     except CoordinatorError as e:
         _fail(str(e))
-    console.print(json.dumps({"registered": report.registered, "kept": report.kept,
-                              "unregistered": report.unregistered}))
+    typer.echo(json.dumps(report.as_dict()))
+    if report.refused:
+        raise typer.Exit(1)
 
 
 def _logging(verbose: bool) -> None:

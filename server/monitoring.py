@@ -41,7 +41,10 @@ UPDATE_BUCKETS = (*(float(4**k * 1024) for k in range(1, 13)), float("inf"))
 
 # Why an update was not aggregated; see strategies.guard.update_problem.
 REJECTION_KINDS = ("declined", "site_error", "no_weights", "invalid_examples",
-                   "shape_mismatch", "non_finite", "other")
+                   "shape_mismatch", "non_finite", "example_count", "norm_bound",
+                   "no_training", "quarantined", "other")
+# Kinds that are no fault of the site's update (it could not train, or never answered).
+BENIGN_KINDS = ("declined", "site_error", "other")
 
 METRIC_NAMES = {
     "run_info": "Current run: value is its start time (unix s); labels run_id, strategy, dp.",
@@ -71,6 +74,14 @@ def rejection_kind(reason: str) -> str:
         return "declined"
     if reason.startswith("site error"):
         return "site_error"
+    if reason.startswith("site quarantined"):
+        return "quarantined"
+    if reason.startswith("declares "):
+        return "example_count"
+    if reason.startswith("update norm "):
+        return "norm_bound"
+    if "leaves the global model unchanged" in reason:
+        return "no_training"
     if "no model weights" in reason:
         return "no_weights"
     if reason.startswith("invalid "):
@@ -80,6 +91,20 @@ def rejection_kind(reason: str) -> str:
     if "NaN or infinite" in reason:
         return "non_finite"
     return "other"
+
+
+def rejections_by_site(rounds: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Site -> rejection kind -> rounds, over a run's round records; declines, site
+    errors and lost replies are left out (they are no fault of an update)."""
+    counts: dict[str, dict[str, int]] = {}
+    for record in rounds:
+        for rej in record.get("rejected", ()):
+            kind = rejection_kind(str(rej.get("reason", "")))
+            if kind in BENIGN_KINDS or rej.get("site", "?") == "?":
+                continue
+            per_site = counts.setdefault(str(rej["site"]), {})
+            per_site[kind] = per_site.get(kind, 0) + 1
+    return counts
 
 
 def update_sizes(replies: Iterable[Any]) -> dict[str, int]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from common.bundle import save_bundle, write_json
 from common.config import RunConfig
 from common.metrics import METRIC_KEYS
+from server.monitoring import rejections_by_site
 
 if TYPE_CHECKING:
     from server.rounds import FederationOutcome
@@ -41,6 +42,7 @@ def write_federated_outputs(
         "sites": [s["site"] for s in outcome.sites],
         "per_site_epsilon": per_site_epsilon(outcome.rounds) or None,
         "central_dp": outcome.central_dp,
+        "distributed_dp": outcome.distributed_dp,
         "data_fingerprints": (federation_record or {}).get("fingerprints", {}),
         "metrics": {"val": best.get("val", {}),
                     "test": {k: test_metrics[k] for k in METRIC_KEYS}
@@ -62,10 +64,12 @@ def write_federated_outputs(
         "resumed_after_rounds": outcome.resumed_from or None,
         "per_site_epsilon": per_site_epsilon(outcome.rounds) or None,
         "central_dp": outcome.central_dp,
+        "distributed_dp": outcome.distributed_dp,
         "federated_seconds": outcome.seconds,
         "setup_seconds": outcome.setup_seconds,
         "rounds_seconds": outcome.seconds - outcome.setup_seconds,
         "sites": _per_site_summary(outcome),
+        "rejections": rejections_by_site(outcome.rounds) or None,  # vetting, per site
         "rounds": outcome.rounds,
     })
     write_json(run_dir / METRICS_FILE, payload)

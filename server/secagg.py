@@ -74,6 +74,9 @@ class SecureRound:
     accepted: int  # sites whose update is in the sum
     num_examples: int  # their training patients
     train_loss: float | None  # their patient-weighted training loss
+    # The unmasked mean of the sites' vectors, as the protocol yields it (distributed DP
+    # sends vectors that are not weight updates: see server.rounds.distributed).
+    mean_update: list[np.ndarray] | None = None
 
     def as_reply(self, request: Message) -> Message:
         """The aggregate as one training reply of the whole consortium, so that the
@@ -174,13 +177,17 @@ def secure_train_round(
     contributing = [r for r in replies if not r.has_error() and refusal_reason(r.content) is None]
     if strategy.mean_update is None or not contributing:
         return SecureRound(replies, None, rejected, len(contributing), 0, None)
-    aggregate = ArrayRecord({k: to_array(g + u.astype(g.dtype).reshape(g.shape))
-                             for k, g, u in zip(keys, global_nd, strategy.mean_update,
-                                                strict=True)})
+    mean = strategy.mean_update
     n = np.array([float(r.content[METRICS][NUM_EXAMPLES]) for r in contributing])
-    loss = np.array([float(r.content[METRICS][TRAIN_LOSS]) for r in contributing])
-    return SecureRound(replies, aggregate, rejected, len(contributing), int(n.sum()),
-                       float((n * loss).sum() / n.sum()))
+    losses = [r.content[METRICS].get(TRAIN_LOSS) for r in contributing]
+    loss = (None if any(v is None for v in losses)
+            else float((n * np.array(losses, dtype=float)).sum() / n.sum()))
+    aggregate = None
+    if [u.size for u in mean] == [g.size for g in global_nd]:
+        aggregate = ArrayRecord({k: to_array(g + u.astype(g.dtype).reshape(g.shape))
+                                 for k, g, u in zip(keys, global_nd, mean, strict=True)})
+    return SecureRound(replies, aggregate, rejected, len(contributing), int(n.sum()), loss,
+                       mean)
 
 
 def _rejections(replies: list[Message], nodes: list[int]) -> list[dict]:

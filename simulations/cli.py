@@ -24,6 +24,7 @@ from common.config import DP_MODES, RunConfig
 console = Console(stderr=True)
 _DEFAULT = RunConfig()
 _NO_DP = RunConfig.preset("none")
+_LOCAL = RunConfig.preset("local")
 
 
 def _default(value: Any) -> str:
@@ -83,13 +84,16 @@ def simulate(
     sites: SitesOpt = None,
     rounds: Annotated[int | None, typer.Option(
         "--rounds", help="Federated rounds."
-        + _default(f"{_DEFAULT.rounds} with --dp local, else {_NO_DP.rounds}"))] = None,
+        + _default(f"{_DEFAULT.rounds} with --dp distributed, {_LOCAL.rounds} with --dp "
+                   f"local, else {_NO_DP.rounds}"))] = None,
     local_epochs: Annotated[int | None, typer.Option(
         "--local-epochs", help="Local epochs per round."
-        + _default(f"{_DEFAULT.local_epochs} with --dp local, else {_NO_DP.local_epochs}"))
+        + _default(f"{_LOCAL.local_epochs} with --dp distributed or local, else "
+                   f"{_NO_DP.local_epochs}"))
     ] = None,
     strategy: Annotated[str | None, typer.Option(
-        help="fedavg, fedavgm (server momentum) or fedprox."
+        help="fedavg, fedavgm (server momentum), fedprox, fedadam, fedyogi (server "
+        "optimizers), fedmedian, trimmedavg, krum, bulyan (robust to hostile sites)."
         + _default(_DEFAULT.strategy))] = None,
     proximal_mu: Annotated[float | None, typer.Option(
         help="FedProx proximal weight." + _default(str(_DEFAULT.proximal_mu)))] = None,
@@ -99,17 +103,22 @@ def simulate(
     seed: SeedOpt = None,
     out: OutOpt = None,
     dp: Annotated[str | None, typer.Option(
-        help=f"Differential privacy: {', '.join(DP_MODES)}. local: DP-SGD at every "
-        "site, with a small model and many one-epoch rounds chosen for it; central: the "
-        "server clips site updates and noises their mean." + _default(_DEFAULT.dp))] = None,
+        help=f"Differential privacy: {', '.join(DP_MODES)}. distributed: every site adds "
+        "its share of the noise to its clipped gradient sum, sent only through secure "
+        "aggregation (3 sites or more); local: DP-SGD at every site, with a small model "
+        "and many one-epoch rounds chosen for it; central: the server clips site updates "
+        "and noises their mean." + _default(_DEFAULT.dp))] = None,
     epsilon: Annotated[float | None, typer.Option(
-        help="Privacy budget epsilon: each site's (local DP) or the run's (central DP)."
+        help="Privacy budget epsilon: each site's (distributed and local DP) or the run's "
+        "(central DP)."
         + _default(str(_DEFAULT.epsilon)))] = None,
     delta: Annotated[float | None, typer.Option(
-        help="Privacy delta; 0 = 1/(10 n) for a site with n patients (local DP) or "
-        "1/(10 sites) (central DP)." + _default(str(_DEFAULT.delta)))] = None,
+        help="Privacy delta; 0 = 1e-5 (distributed DP), 1/(10 n) for a site with n "
+        "patients (local DP) or 1/(10 sites) (central DP)."
+        + _default(str(_DEFAULT.delta)))] = None,
     max_grad_norm: Annotated[float | None, typer.Option(
-        help="Clipping bound: per-sample gradients (local DP) or site updates (central DP)."
+        help="Clipping bound: per-patient gradients (distributed and local DP) or site "
+        "updates (central DP)."
         + _default(str(_DEFAULT.max_grad_norm)))] = None,
     state_dir: Annotated[str | None, typer.Option(
         help="Local DP: keep the virtual hospitals' privacy ledgers in STATE_DIR/<site>, "
@@ -121,14 +130,39 @@ def simulate(
     secagg_threshold: Annotated[float | None, typer.Option(
         help="SecAgg+: fraction of a site's neighbours needed to unmask it."
         + _default(str(_DEFAULT.secagg_threshold)))] = None,
+    max_update_norm_ratio: Annotated[float | None, typer.Option(
+        help="Reject an update that moves the model more than this many times the "
+        "round's median (0: no bound)." + _default(str(_DEFAULT.max_update_norm_ratio)))
+    ] = None,
+    trim_fraction: Annotated[float | None, typer.Option(
+        help="trimmedavg: fraction of site values cut from each tail, per weight."
+        + _default(str(_DEFAULT.trim_fraction)))] = None,
+    malicious_sites: Annotated[int | None, typer.Option(
+        help="krum, bulyan: hostile sites the aggregation must tolerate."
+        + _default(str(_DEFAULT.malicious_sites)))] = None,
+    krum_select: Annotated[int | None, typer.Option(
+        help="krum: updates averaged (1: Krum, more: multi-Krum)."
+        + _default(str(_DEFAULT.krum_select)))] = None,
+    server_lr: Annotated[float | None, typer.Option(
+        help="fedadam, fedyogi: server learning rate." + _default(str(_DEFAULT.server_lr)))
+    ] = None,
+    attack: Annotated[str | None, typer.Option(
+        help="Simulate hostile hospitals: label-flip, sign-flip, scale:K, noise, nan or "
+        "free-rider (the --malicious largest sites mount it).")] = None,
+    malicious: Annotated[int, typer.Option(
+        help="With --attack: how many hospitals attack.")] = 1,
     compare: Annotated[bool, typer.Option(
         help="Also train the centralized model and the baselines on the same split.")] = True,
+    report: Annotated[bool, typer.Option(
+        help="Write report.html and model_card.md into the run directory at the end "
+        "(cancer-alpha report RUN_DIR writes them later).")] = True,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a federation of virtual hospitals on one machine (Flower simulation engine).
 
     With no options: the bundled TCGA BRCA data, one hospital per tissue source site,
-    FedAvg with local differential privacy (see --dp and --epsilon). Writes a run
+    distributed differential privacy under secure aggregation (see --dp and --epsilon),
+    every virtual hospital with a fresh budget. Writes a run
     directory with config.json, metrics.json, the model bundle, per-round curves and a
     confusion matrix.
     """
@@ -141,13 +175,20 @@ def simulate(
             sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
             proximal_mu=proximal_mu, min_site_size=min_site_size, seed=seed, out=out,
             epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, state_dir=state_dir,
-            secagg=secagg, secagg_threshold=secagg_threshold))
+            secagg=secagg, secagg_threshold=secagg_threshold,
+            max_update_norm_ratio=max_update_norm_ratio, trim_fraction=trim_fraction,
+            malicious_sites=malicious_sites, krum_select=krum_select, server_lr=server_lr))
         from server.rounds import FederationError
 
-        run_dir = run(cfg, compare=compare, verbose=verbose)
+        run_dir = run(cfg, compare=compare, verbose=verbose, attack=attack,
+                      malicious=malicious)
     except (ValueError, FileNotFoundError, FederationError) as exc:
         _fail(exc)
     _print_summary(run_dir)
+    if report:
+        from server.report.cli import write_run_report
+
+        write_run_report(run_dir)
 
 
 def _print_summary(run_dir: Path) -> None:
@@ -173,8 +214,9 @@ def _print_summary(run_dir: Path) -> None:
     _print_recall(metrics, comparison.get("centralized"), private)
     spent = metrics.get("per_site_epsilon")
     if spent:
-        budget = json.loads((run_dir / "config.json").read_text())["run_config"]["epsilon"]
-        Console().print(f"local DP: {len(spent)} sites spent epsilon "
+        run_config = json.loads((run_dir / "config.json").read_text())["run_config"]
+        budget = run_config["epsilon"]
+        Console().print(f"{run_config['dp']} DP: {len(spent)} sites spent epsilon "
                         f"{min(spent.values()):.3f} to {max(spent.values()):.3f} "
                         f"(budget {budget:g} each unless a site set its own)")
     if metrics.get("stopped_early"):
@@ -213,6 +255,11 @@ def train_central_cmd(
         + _default(str(_NO_DP.rounds * _NO_DP.local_epochs)))] = None,
     seed: SeedOpt = None,
     out: OutOpt = None,
+    report: Annotated[bool, typer.Option(
+        help="Write report.html and model_card.md into the --out directory at the end "
+        "(cancer-alpha report RUN_DIR writes them later).")] = True,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the metrics as JSON instead of tables.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Train the same model on pooled data, with the split a federation would use.
@@ -239,8 +286,20 @@ def train_central_cmd(
         write_json(out / "metrics.json", result)
         write_json(out / "config.json", {"run_config": cfg.to_dict(),
                                           "federation": fed.record()})
-    print(json.dumps({k: v for k, v in result.items() if k not in ("history", "test")},
-                     indent=2))
+    summary = {k: v for k, v in result.items() if k not in ("history", "test")}
+    if json_output:
+        print(json.dumps(summary, indent=2))
+    else:
+        from server.report.tables import metrics_table, per_class_table, print_tables
+
+        print_tables(metrics_table(
+            f"Global test split: centralized, epoch {result['best_epoch']} of "
+            f"{result['epochs_run']}", [("centralized", summary)]),
+            per_class_table("Per class (test split)", result["test"]["per_class"]))
+    if out and report:
+        from server.report.cli import write_run_report
+
+        write_run_report(out)
 
 
 def baselines(
@@ -250,6 +309,8 @@ def baselines(
     partition: PartitionOpt = None,
     sites: SitesOpt = None,
     seed: SeedOpt = None,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the metrics as JSON instead of tables.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Logistic regression, random forest, SVM and gradient boosting on the same split."""
@@ -264,8 +325,13 @@ def baselines(
         results = run_baselines_on_split(load_federation(cfg), cfg.seed)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
-    print(json.dumps({name: {k: m[k] for k in METRIC_KEYS} for name, m in results.items()},
-                     indent=2))
+    scores = {name: {k: m[k] for k in METRIC_KEYS} for name, m in results.items()}
+    if json_output:
+        print(json.dumps(scores, indent=2))
+    else:
+        from server.report.tables import metrics_table, print_tables
+
+        print_tables(metrics_table("Global test split: baselines", scores.items()))
 
 
 def evaluate(
@@ -275,9 +341,11 @@ def evaluate(
     split: Annotated[str, typer.Option(
         help="Split of --data to use (manifest splits; default: all patients).")] = "",
     manifest: ManifestOpt = None,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the metrics as JSON instead of tables.")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Score a trained model on a labelled dataset; prints metrics as JSON.
+    """Score a trained model on a labelled dataset; prints metrics as tables (or JSON).
 
     Modalities the data lacks are treated as missing (with a warning); feature names
     that differ from the model's schema are an error.
@@ -299,7 +367,15 @@ def evaluate(
     except (ValueError, FileNotFoundError, BundleError) as exc:
         _fail(exc)
     metrics["modalities_present"] = loaded.present_modalities()
-    print(json.dumps(metrics, indent=2))
+    if json_output:
+        print(json.dumps(metrics, indent=2))
+    else:
+        from server.report.tables import metrics_table, per_class_table, print_tables
+
+        print_tables(metrics_table(f"{data}: {metrics['n']} patients, modalities "
+                                   + ", ".join(metrics["modalities_present"]),
+                                   [(str(model), metrics)]),
+                     per_class_table("Per class", metrics["per_class"]))
 
 
 def audit_privacy(

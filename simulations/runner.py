@@ -12,15 +12,17 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common.config import RunConfig, offline_flower_env
 
 if TYPE_CHECKING:
     from common.simulated_federation import SimulatedFederation
+    from simulations.attacks import AttackPlan
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +32,15 @@ def new_run_id() -> str:
 
 
 def simulate(
-    cfg: RunConfig, *, compare: bool = True, show_progress: bool = True, verbose: bool = False
+    cfg: RunConfig, *, compare: bool = True, show_progress: bool = True, verbose: bool = False,
+    attack: str | None = None, malicious: int = 1, client_mods: Sequence[Any] = (),
 ) -> Path:
-    """Federated training on the simulation engine; returns the run directory."""
+    """Federated training on the simulation engine; returns the run directory.
+
+    ``attack`` (see :mod:`simulations.attacks`): the ``malicious`` largest hospitals
+    mount it, running the same ClientApp. ``client_mods`` wrap every virtual hospital's
+    handlers and see each message as it leaves the hospital (e.g. to audit it).
+    """
     from strategies import check_combination
 
     check_combination(cfg)
@@ -53,9 +61,11 @@ def simulate(
     cfg = replace(cfg, out=str(run_dir))
     overrides = cfg.to_flower()
     n_sites = len(fed.plan.sites)
-    if cfg.secagg and n_sites < 3:
+    if cfg.secure_aggregation and n_sites < 3:
         raise ValueError(f"secure aggregation needs at least 3 sites; the {cfg.partition} "
-                         f"partition has {n_sites}")
+                         f"partition has {n_sites}"
+                         + (" (use --dp local)" if cfg.dp == "distributed" else ""))
+    plan = attack_plan(cfg, fed, attack, malicious) if attack else None
     logger.info("simulating %d hospitals (%s partition), %d rounds -> %s",
                 n_sites, cfg.partition, cfg.rounds, run_dir)
     spent_before = spent_budgets(cfg, fed)
@@ -66,7 +76,8 @@ def simulate(
             started = time.perf_counter()
             run_simulation(
                 server_app=build_server_app(overrides, run_id=run_id, on_round=progress.update),
-                client_app=build_client_app(overrides),
+                client_app=build_client_app(overrides, mods=client_mods,
+                                            train_mods=attack_mods(plan)),
                 num_supernodes=n_sites,
                 backend_config=_backend_config(),
             )
@@ -89,6 +100,8 @@ def simulate(
     from server.outputs import update_metrics
 
     update_metrics(run_dir, simulation_wall_seconds=wall)
+    if plan is not None:
+        update_metrics(run_dir, attack=plan.record())
     if compare:
         from simulations.central import compare_on_split
 
@@ -96,10 +109,32 @@ def simulate(
     return run_dir
 
 
+def attack_plan(cfg: RunConfig, fed: SimulatedFederation, attack: str, malicious: int
+                ) -> AttackPlan:
+    """Which hospitals mount ``attack``; refuses update attacks under SecAgg+ (the
+    simulated attacker forges the plain reply)."""
+    from simulations.attacks import plan_attack
+
+    plan = plan_attack(attack, malicious, [(s.name, len(s.train)) for s in fed.plan.sites])
+    if cfg.secure_aggregation and plan.attack.on_update:
+        raise ValueError(f"attack {plan.attack.label} forges the plain update; simulate it "
+                         "without secure aggregation (--secagg, --dp distributed); "
+                         "label-flip works with it")
+    logger.info("attack %s by %s", plan.attack.label, ", ".join(plan.sites))
+    return plan
+
+
+def attack_mods(plan: AttackPlan | None) -> list:
+    """The ClientApp train mods of ``plan`` (none without an attack)."""
+    from simulations.attacks import attack_mod
+
+    return [] if plan is None else [attack_mod(plan)]
+
+
 def spent_budgets(cfg: RunConfig, fed: SimulatedFederation) -> dict[str, tuple[float, float]]:
     """Site -> (epsilon already spent, epsilon budget) in the ledgers of a kept state
     directory; empty without local DP or when the ledgers are the run's own (fresh)."""
-    if cfg.dp != "local" or not cfg.state_dir:
+    if cfg.dp not in ("local", "distributed") or not cfg.state_dir:
         return {}
     from client.dp import site_privacy
 

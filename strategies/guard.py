@@ -2,21 +2,52 @@
 
 Flower's strategies check that replies carry one ArrayRecord with consistent keys;
 they do not check shapes against the global model or look for NaN/inf, so one bad
-site could poison the global weights. :class:`UpdateGuard` drops such replies (with a
-logged reason naming the site) and aggregates the rest.
+site could poison the global weights. :class:`UpdateGuard` drops, with a logged reason
+naming the site, a reply that
+
+* is malformed: foreign parameter names, wrong shapes or dtypes, NaN/inf, an invalid
+  example count (:func:`update_problem`);
+* declares more training examples than the site registered when the consortium formed
+  (it would buy itself weight in the mean);
+* with the norm bound on (``max_norm_ratio`` > 0): leaves the global model unchanged
+  (a free-rider: no training, full weight), or moves it further than ``max_norm_ratio``
+  times the round's median distance (a scaled update; needs 3 or more updates to have
+  a median worth the name);
+* comes from a quarantined site (see :mod:`strategies.quarantine`).
+
+and aggregates the rest. Rejections are counted per site over the run.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from common.protocol import ARRAYS, NUM_EXAMPLES, refusal_reason, site_name
 
+if TYPE_CHECKING:
+    from strategies.quarantine import Quarantine
+
 logger = logging.getLogger(__name__)
+
+# Fewer updates than this: no median distance to bound the others by.
+MIN_UPDATES_FOR_NORM_BOUND = 3
+# Reasons that do not count against a site: it said it could not train, or it failed.
+BENIGN_PREFIXES = ("site declined the round", "site error")
+
+
+@dataclass(frozen=True)
+class VettingRules:
+    """The checks beyond shape and finiteness; the defaults switch them off."""
+
+    max_norm_ratio: float = 0.0  # 0: no bound relative to the round's median distance
+    quarantine_after: int = 0  # 0: never quarantine
 
 
 def update_problem(msg: Message, reference: ArrayRecord | None) -> str | None:
@@ -29,8 +60,7 @@ def update_problem(msg: Message, reference: ArrayRecord | None) -> str | None:
         return f"site declined the round: {refused}"
     if ARRAYS not in content.array_records:
         return "reply carries no model weights"
-    metrics = next(iter(content.metric_records.values()), None)
-    n = None if metrics is None else metrics.get(NUM_EXAMPLES)
+    n = declared_examples(msg)
     if not isinstance(n, int | float) or not np.isfinite(n) or n <= 0:
         return f"invalid {NUM_EXAMPLES}: {n!r}"
     arrays = content[ARRAYS]
@@ -48,10 +78,74 @@ def update_problem(msg: Message, reference: ArrayRecord | None) -> str | None:
     return None
 
 
+def declared_examples(msg: Message) -> object:
+    """The ``num-examples`` a reply declares (None when it has no metrics)."""
+    metrics = next(iter(msg.content.metric_records.values()), None)
+    return None if metrics is None else metrics.get(NUM_EXAMPLES)
+
+
+def size_problem(msg: Message, registered: Mapping[str, int]) -> str | None:
+    """A reply declaring more examples than its site registered; sites not registered
+    (joined after the consortium formed) are not checked."""
+    size = registered.get(site_name(msg.content))
+    declared = declared_examples(msg)
+    if size is not None and float(declared) > size:  # type: ignore[arg-type]
+        return f"declares {declared} training examples, registered {size}"
+    return None
+
+
+def update_distance(arrays: ArrayRecord, reference: ArrayRecord) -> float:
+    """L2 distance between a site's weights and the global weights it received."""
+    total = 0.0
+    for key, ref in reference.items():
+        diff = arrays[key].numpy().astype(np.float64) - ref.numpy().astype(np.float64)
+        total += float(np.dot(diff.ravel(), diff.ravel()))
+    return float(np.sqrt(total))
+
+
+def distance_problems(distances: Mapping[int, float], max_ratio: float) -> dict[int, str]:
+    """Index -> reason, for unchanged models and those beyond ``max_ratio`` x median;
+    none when ``max_ratio`` is 0 (the bound is off)."""
+    if max_ratio <= 0:
+        return {}
+    problems = {i: "the update leaves the global model unchanged (no training)"
+                for i, d in distances.items() if d == 0.0}
+    if len(distances) >= MIN_UPDATES_FOR_NORM_BOUND:
+        median = float(np.median(list(distances.values())))
+        for i, d in distances.items():
+            if median > 0 and d > max_ratio * median:
+                problems[i] = (f"update norm {d:.4g} exceeds {max_ratio:g} x the round's "
+                               f"median {median:.4g}")
+    return problems
+
+
+class _ReadCopy(ArrayRecord):
+    """A shallow copy of a reply's weights for Flower's aggregators to read: emptying it
+    frees nothing, so it skips the garbage collection Flower forces per reply."""
+
+    def to_numpy_ndarrays(self, *, keep_input: bool = True) -> list[np.ndarray]:
+        del keep_input
+        return [v.numpy() for v in self.values()]
+
+
 class UpdateGuard:
     """Mixin for Flower strategies: remember the weights sent, vet the updates received."""
 
     rejected: list[dict]
+    vetting: VettingRules = VettingRules()
+    quarantine: Quarantine | None = None
+
+    def register_sites(self, sites: Iterable[Mapping]) -> None:
+        """Remember each site's registered training size (``site``, ``n_train``)."""
+        # Distributed DP: sites declare no counts (they reach the coordinator noised).
+        self.registered = {str(s["site"]): int(s["n_train"]) for s in sites if "n_train" in s}
+
+    @property
+    def rejection_counts(self) -> Counter[str]:
+        """Rounds in which each site's update was rejected by vetting, over the run."""
+        if not hasattr(self, "_rejection_counts"):
+            self._rejection_counts: Counter[str] = Counter()
+        return self._rejection_counts
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid) -> Iterable[Message]:
@@ -60,23 +154,76 @@ class UpdateGuard:
 
     def vet(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """The acceptable replies, in site order; the others go to ``self.rejected``."""
-        accepted, self.rejected = [], []
+        reference = getattr(self, "_reference", None)
+        registered = getattr(self, "registered", {})
+        candidates: list[Message] = []
+        self.rejected = []
         for msg in replies:
-            problem = update_problem(msg, getattr(self, "_reference", None))
+            problem = update_problem(msg, reference)
             if problem is None:
-                accepted.append(msg)
-                continue
-            site = "?" if msg.has_error() else site_name(msg.content)
-            logger.warning("round %d: update from site %s (node %s) rejected: %s",
-                           server_round, site, msg.metadata.src_node_id, problem)
-            self.rejected.append({"site": site, "node": msg.metadata.src_node_id,
-                                  "reason": problem})
+                problem = size_problem(msg, registered) or self._quarantined(msg)
+            if problem is None:
+                candidates.append(msg)
+            else:
+                self._reject(server_round, msg, problem)
+        if reference is not None and candidates and self.vetting.max_norm_ratio > 0:
+            distances = {i: update_distance(m.content[ARRAYS], reference)
+                         for i, m in enumerate(candidates)}
+            problems = distance_problems(distances, self.vetting.max_norm_ratio)
+            for i, problem in problems.items():
+                self._reject(server_round, candidates[i], problem)
+            candidates = [m for i, m in enumerate(candidates) if i not in problems]
         # Replies arrive in completion order; a fixed order keeps float sums reproducible.
-        accepted.sort(key=lambda m: (site_name(m.content), m.metadata.src_node_id))
-        return accepted
+        candidates.sort(key=lambda m: (site_name(m.content), m.metadata.src_node_id))
+        return candidates
+
+    def _quarantined(self, msg: Message) -> str | None:
+        if self.quarantine is None:
+            return None
+        return self.quarantine.problem(site_name(msg.content))
+
+    def _reject(self, server_round: int, msg: Message, problem: str) -> None:
+        site = "?" if msg.has_error() else site_name(msg.content)
+        logger.warning("round %d: update from site %s (node %s) rejected: %s",
+                       server_round, site, msg.metadata.src_node_id, problem)
+        self.rejected.append({"site": site, "node": msg.metadata.src_node_id,
+                              "reason": problem})
+        if site == "?" or problem.startswith(BENIGN_PREFIXES):
+            return
+        if self.quarantine is not None and self.quarantine.problem(site) is not None:
+            return  # already out: its replies are not counted again
+        self.rejection_counts[site] += 1
+        if self.quarantine is None or self.vetting.quarantine_after <= 0:
+            return
+        # Rejections since the site was last quarantined: a released site starts afresh.
+        strikes = self.__dict__.setdefault("_strikes", Counter())
+        strikes[site] += 1
+        if strikes[site] >= self.vetting.quarantine_after:
+            self.quarantine.impose(site, server_round, strikes[site], problem)
+            strikes[site] = 0
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        accepted = self.vet(server_round, replies)
-        return super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        return self.aggregate_vetted(server_round, self.vet(server_round, replies))
+
+    def aggregate_vetted(
+        self, server_round: int, accepted: list[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The Flower strategy's aggregate of replies that passed :meth:`vet`."""
+        # Flower's robust aggregators pop the arrays they read out of the replies; give
+        # them copies so the replies stay whole for the round's records.
+        originals = [m.content[ARRAYS] for m in accepted]
+        for msg, arrays in zip(accepted, originals, strict=True):
+            _replace_arrays(msg, _ReadCopy(dict(arrays.items())))
+        try:
+            return super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        finally:
+            for msg, arrays in zip(accepted, originals, strict=True):
+                _replace_arrays(msg, arrays)
+
+
+def _replace_arrays(msg: Message, arrays: ArrayRecord) -> None:
+    # Deleted first: Flower warns when a record is overwritten by one of another type.
+    del msg.content[ARRAYS]
+    msg.content[ARRAYS] = arrays

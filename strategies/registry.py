@@ -10,12 +10,32 @@ import inspect
 from typing import Any
 
 from common.config import DP_MODES, RunConfig
-from strategies import central_dp, fedavg, fedavgm, fedprox
+from strategies import (
+    adaptive,
+    bulyan,
+    central_dp,
+    fedavg,
+    fedavgm,
+    fedmedian,
+    fedprox,
+    krum,
+    trimmedavg,
+)
+from strategies.guard import VettingRules
 from strategies.spec import StrategySpec
 
 SPECS: dict[str, StrategySpec] = {
-    spec.name: spec for spec in (fedavg.SPEC, fedavgm.SPEC, fedprox.SPEC, central_dp.SPEC)
+    spec.name: spec for spec in (
+        fedavg.SPEC, fedavgm.SPEC, fedprox.SPEC, adaptive.FEDADAM_SPEC,
+        adaptive.FEDYOGI_SPEC, fedmedian.SPEC, trimmedavg.SPEC, krum.SPEC, bulyan.SPEC,
+        central_dp.SPEC)
 }
+# Distributed DP: sites send noised clipped sums through SecAgg+ and the server takes
+# the DP step on their sum itself; only plain averaging keeps that sum's guarantee.
+DISTRIBUTED_DP = "distributed"
+# Distributed DP: the coordinator's gradient step is the aggregate; FedAvg adopts it,
+# FedAvgM adds server momentum (post-processing of the noised sums).
+DISTRIBUTED_DP_STRATEGIES = ("fedavg", "fedavgm")
 
 
 def strategy_names() -> tuple[str, ...]:
@@ -59,7 +79,14 @@ def strategy_for_run(cfg: RunConfig, **computed: Any) -> Any:
     spec = SPECS[aggregator_name(cfg)]
     options = {opt: getattr(cfg, source) for opt, source in spec.options.items()
                if source is not None}
-    return build_strategy(spec.name, **options, **computed)
+    strategy = build_strategy(spec.name, **options, **computed)
+    strategy.vetting = VettingRules(max_norm_ratio=cfg.max_update_norm_ratio,
+                                    quarantine_after=cfg.quarantine_after)
+    if cfg.quarantine_after > 0:
+        from strategies.quarantine import Quarantine, quarantine_path
+
+        strategy.quarantine = Quarantine(quarantine_path(cfg.out) if cfg.out else None)
+    return strategy
 
 
 def check_combination(cfg: RunConfig) -> None:
@@ -71,7 +98,7 @@ def check_combination(cfg: RunConfig) -> None:
     if spec is None or not spec.selectable:
         raise ValueError(f"invalid run configuration: strategy {cfg.strategy!r} is not one of "
                          f"{strategy_names()}")
-    problems = _refusals(spec, cfg.dp, cfg.secagg)
+    problems = _option_problems(cfg) + _refusals(spec, cfg.dp, cfg.secagg)
     if problems:
         raise ValueError("invalid run configuration: " + "; ".join(problems)
                          + ". Allowed: " + "; ".join(allowed_combinations()))
@@ -89,9 +116,31 @@ def allowed_combinations() -> list[str]:
     return lines
 
 
+def _option_problems(cfg: RunConfig) -> list[str]:
+    """Out-of-range robust aggregation and vetting settings."""
+    problems = []
+    if not 0 <= cfg.trim_fraction < 0.5:
+        problems.append(f"trim_fraction must be in [0, 0.5), got {cfg.trim_fraction}")
+    if cfg.malicious_sites < 0 or cfg.krum_select < 1:
+        problems.append(f"malicious_sites must be >= 0 and krum_select >= 1, got "
+                        f"{cfg.malicious_sites} and {cfg.krum_select}")
+    if not (cfg.server_lr > 0 and cfg.server_tau > 0):
+        problems.append(f"server_lr and server_tau must be > 0, got {cfg.server_lr} and "
+                        f"{cfg.server_tau}")
+    if cfg.max_update_norm_ratio < 0 or cfg.quarantine_after < 0:
+        problems.append("max_update_norm_ratio and quarantine_after must be >= 0 (0: off)")
+    return problems
+
+
 def _refusals(spec: StrategySpec, dp: str, secagg: bool) -> list[str]:
     """Why ``spec`` cannot run with ``dp`` (and SecAgg+ when ``secagg``); empty when it can."""
     problems = [spec.refused_dp[dp]] if dp in spec.refused_dp else []
+    if dp == DISTRIBUTED_DP:
+        if spec.name not in DISTRIBUTED_DP_STRATEGIES:
+            problems.append("distributed DP takes its gradient step on the noised sum of the "
+                            "sites' clipped gradients; only --strategy "
+                            f"{' or '.join(DISTRIBUTED_DP_STRATEGIES)} runs with it")
+        return problems  # always through SecAgg+, which these strategies take as one reply
     if secagg:
         aggregator = central_dp.SPEC if dp == "central" else spec
         reasons = dict.fromkeys(r for r in (spec.refused_secagg, aggregator.refused_secagg) if r)

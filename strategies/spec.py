@@ -23,3 +23,19 @@ class StrategySpec:
     refused_secagg: str = ""
     # False: not named with --strategy but chosen by another setting (e.g. --dp central).
     selectable: bool = True
+
+
+def flower_options(fraction_train: float, min_sites: int) -> dict[str, Any]:
+    """The keyword arguments every Flower strategy here is built with: node sampling
+    and the pooled validation metrics."""
+    from strategies.validation_pooling import pool_evaluation
+
+    return {"fraction_train": fraction_train, "min_train_nodes": min_sites,
+            "min_evaluate_nodes": min_sites, "min_available_nodes": min_sites,
+            "evaluate_metrics_aggr_fn": pool_evaluation}
+
+
+# Why robust aggregators cannot run under SecAgg+ (they need each site's update).
+SECAGG_HIDES_UPDATES = ("secure aggregation reveals only the sum of the updates, and {name} "
+                        "must see each update; use --strategy fedavg or fedprox with --secagg "
+                        "(site-side clipping, see docs/federation.md)")

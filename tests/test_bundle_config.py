@@ -345,7 +345,7 @@ def test_pyproject_flower_config_matches_run_config_defaults():
 
 def test_flower_app_config_is_the_private_federation_simulate_runs():
     """`flwr run .` and `cancer-alpha simulate` with no options run the same config: the
-    dataclass defaults, local DP with the model chosen for it."""
+    dataclass defaults, distributed DP with the model chosen for it."""
     import tomllib
 
     from flwr.common.config import flatten_dict
@@ -353,15 +353,19 @@ def test_flower_app_config_is_the_private_federation_simulate_runs():
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     declared = flatten_dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])
     assert RunConfig.from_flower(declared) == RunConfig() == RunConfig.preset()
-    assert declared["dp"] == RunConfig.dp == "local"
-    assert RunConfig().model == ModelConfig.for_local_dp()
+    assert declared["dp"] == RunConfig.dp == "distributed"
+    assert RunConfig().model == ModelConfig.for_distributed_dp()
+    assert RunConfig().secure_aggregation
 
 
 def test_presets_change_only_the_privacy_mode_schedule_and_model():
     private, plain, central = RunConfig(), RunConfig.preset("none"), RunConfig.preset("central")
     changed = {k for k, v in plain.to_dict().items() if private.to_dict()[k] != v}
-    assert changed == {"dp", "rounds", "local_epochs", "model", "train"}
+    assert changed == {"dp", "rounds", "local_epochs", "strategy", "model", "train"}
     assert (plain.model, plain.train) == (ModelConfig(), TrainConfig())
+    local = RunConfig.preset("local")
+    assert (local.model, local.train) == (ModelConfig.for_local_dp(), TrainConfig.for_local_dp())
+    assert local.strategy == "fedavg" and not local.secure_aggregation
     assert central.to_dict() == {**plain.to_dict(), "dp": "central"}
     assert RunConfig.preset("none", rounds=3).rounds == 3
 

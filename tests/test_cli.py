@@ -141,7 +141,7 @@ def test_simulate_without_options_runs_the_dataclass_defaults(captured):
     result = CliRunner().invoke(build_app(), ["simulate"])
     assert result.exit_code == 2 and "stop before training" in result.output
     assert captured == [RunConfig()]
-    assert captured[0].dp == "local"
+    assert captured[0].dp == "distributed"
 
 
 def test_only_given_options_override(captured):

@@ -405,7 +405,7 @@ def test_checkpoint_round_trip_and_config_guard(tmp_path):
         save_checkpoint,
     )
 
-    cfg = RunConfig(rounds=3)
+    cfg = RunConfig.preset("none", rounds=3)
     weights = {"w": torch.arange(4.0)}
     ckpt = Checkpoint(round=2, global_state=weights, best_round=1, best_state=weights,
                       rounds=[{"round": 1}, {"round": 2}], sites=[{"site": "a"}],
@@ -419,9 +419,9 @@ def test_checkpoint_round_trip_and_config_guard(tmp_path):
     assert back is not None and back.round == 2 and back.strategy == {"releases": 2}
     assert torch.equal(back.global_state["w"], weights["w"])
     assert json.loads((tmp_path / "state.json").read_text())["round"] == 2
-    back.check_compatible(RunConfig(rounds=5))  # more rounds: fine
+    back.check_compatible(RunConfig.preset("none", rounds=5))  # more rounds: fine
     with pytest.raises(FederationError, match="strategy: checkpoint 'fedavg', now 'fedprox'"):
-        back.check_compatible(RunConfig(strategy="fedprox"))
+        back.check_compatible(RunConfig.preset("none", strategy="fedprox"))
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(FederationError, match="cannot be read"):
         load_checkpoint(tmp_path)

@@ -24,7 +24,7 @@ def base(tmp_path_factory, bundled_dir_module) -> RunConfig:
     root = tmp_path_factory.mktemp("dp")
     return RunConfig(
         data=str(bundled_dir_module("brca")), partition="site", sites=3, rounds=2,
-        local_epochs=1, seed=0, dp="local", state_dir=str(root / "state"),
+        local_epochs=1, seed=0, dp="local", strategy="fedavg", state_dir=str(root / "state"),
         out=str(root / "run"),
         model=ModelConfig(d_model=32, n_heads=4, n_layers=1, tokens_per_modality=2),
         train=TrainConfig(),
@@ -90,9 +90,9 @@ def test_central_dp_run_accounts_its_budget(base: RunConfig, tmp_path: Path):
     assert lineage["central_dp"]["epsilon_budget"] == 8.0
 
 
-def test_simulate_command_defaults_to_local_dp(base: RunConfig, tmp_path: Path):
-    """`cancer-alpha simulate` with no privacy options: local DP, epsilon 8 per site, and
-    the local-DP model and schedule (rounds shortened here)."""
+def test_simulate_command_defaults_to_distributed_dp(base: RunConfig, tmp_path: Path):
+    """`cancer-alpha simulate` with no privacy options: distributed DP, epsilon 8 per
+    site, and the distributed-DP model and schedule (rounds shortened here)."""
     from typer.testing import CliRunner
 
     from common.cli import build_app
@@ -100,12 +100,16 @@ def test_simulate_command_defaults_to_local_dp(base: RunConfig, tmp_path: Path):
     out = tmp_path / "run"
     result = CliRunner().invoke(build_app(), [
         "simulate", "--data", base.data, "--sites", "3", "--rounds", "2", "--no-compare",
+        "--no-report",
         "--out", str(out), "--state-dir", str(tmp_path / "state")])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "config.json").read_text())["run_config"]
-    assert saved["dp"] == "local" and saved["epsilon"] == 8.0
-    assert saved["model"] == ModelConfig.for_local_dp().to_dict()
+    assert saved["dp"] == "distributed" and saved["epsilon"] == 8.0
+    assert saved["model"] == ModelConfig.for_distributed_dp().to_dict()
     assert saved["local_epochs"] == RunConfig().local_epochs and saved["rounds"] == 2
-    spent = json.loads((out / "metrics.json").read_text())["per_site_epsilon"]
-    assert len(spent) == 3 and all(0 < e <= 8.0 + 1e-6 for e in spent.values())
-    assert "local DP: 3 sites spent epsilon" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    spent = metrics["per_site_epsilon"]
+    # The noise plan spends the whole budget over the run's releases, no more.
+    assert len(spent) == 3 and all(e == pytest.approx(8.0, abs=2e-3) for e in spent.values())
+    assert metrics["distributed_dp"]["noise_plan"]["min_sites"] == 3
+    assert "distributed DP: 3 sites spent epsilon" in result.output

@@ -119,7 +119,7 @@ def test_evaluate_command_prints_metrics(run_dir, brca_dirs):
 
     _, test_dir, _ = brca_dirs
     result = CliRunner().invoke(build_app(), ["evaluate", "--model", str(run_dir),
-                                      "--data", str(test_dir)])
+                                      "--data", str(test_dir), "--json"])
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert MISSING not in metrics["modalities_present"]

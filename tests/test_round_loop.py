@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("task_identity", "one_torch_thread")
 
 
 def config(**kw) -> RunConfig:
-    base = {"rounds": 3, "min_sites": 2, "round_timeout": 5.0, "seed": 0, "model": TINY,
+    base = {"dp": "none", "strategy": "fedavg", "rounds": 3, "min_sites": 2,
+            "round_timeout": 5.0, "seed": 0, "model": TINY,
             "round_patience": 10}
     return RunConfig(**{**base, **kw})
 

@@ -204,6 +204,6 @@ def test_secagg_refuses_central_dp_and_server_momentum():
     from strategies import check_combination
 
     with pytest.raises(ValueError, match="central DP must clip"):
-        check_combination(RunConfig(secagg=True, dp="central"))
+        check_combination(RunConfig(secagg=True, dp="central", strategy="fedavg"))
     with pytest.raises(ValueError, match="plain weighted mean"):
-        check_combination(RunConfig(secagg=True, strategy="fedavgm"))
+        check_combination(RunConfig(secagg=True, dp="local", strategy="fedavgm"))

@@ -111,7 +111,8 @@ def test_oversized_batch_and_body(served, tmp_path) -> None:
     def chunks():  # no Content-Length: the limit applies while reading
         yield json.dumps(p).encode()
 
-    r = client.post("/v1/predict", content=chunks(), headers=headers)
+    r = client.post("/v1/predict", content=chunks(),
+                    headers={**headers, "Content-Type": "application/json"})
     assert r.status_code == 413
 
 

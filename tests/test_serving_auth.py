@@ -4,7 +4,9 @@ checks as replaceable dependencies, and the security requirements in OpenAPI."""
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +21,10 @@ from test_serving_helpers import (
     patient_json,
     serve_test_model,
 )
+from typer.testing import CliRunner
 
 from server.serving.auth import ROLES, AuthError, Principal, Role, TokenService
+from server.serving.revocation import RevocationList
 from server.serving.settings import AuthSettings, ServingSettings, SettingsError
 
 
@@ -155,7 +159,7 @@ def test_matrix_covers_every_route(served) -> None:
 @pytest.mark.parametrize("method, path, allowed", ENDPOINTS,
                          ids=[f"{m} {p}" for m, p, _ in ENDPOINTS])
 def test_auth_matrix(served, method: str, path: str, allowed: set[str] | None) -> None:
-    url = path.replace("{model_id}", served["ref"])
+    url = path.replace("{model_id}", served["ref"]).replace("{jti}", uuid.uuid4().hex)
     kw = valid_request(served, method, path)
     if allowed is None:
         assert call(served, method, url, None, **kw).status_code == 200
@@ -170,7 +174,7 @@ def test_auth_matrix(served, method: str, path: str, allowed: set[str] | None) -
     for role in ROLES:
         r = call(served, method, url, role, **kw)
         if role in allowed:
-            assert r.status_code == 200, (role, r.text)
+            assert r.status_code in (200, 204), (role, r.text)
         else:
             assert r.status_code == 403, (role, r.text)
             assert f"role '{role}' may not" in r.json()["detail"]
@@ -234,3 +238,49 @@ def test_openapi_lists_every_endpoint_with_its_security(served, tmp_path: Path) 
     assert "security" not in spec["paths"]["/metrics"]["get"]
     assert spec["paths"]["/v1/schema"]["get"]["security"] == [{"HTTPBearer": []}]
     assert TestClient(public).get("/metrics").status_code == 200
+
+
+# ------------------------------------------------------------------- revocation
+def test_one_token_is_revoked_by_its_id_durably_and_audited(served):
+    svc = TokenService(served["settings"].auth)
+    doomed, other = (svc.issue("rita", "researcher", 600) for _ in range(2))
+    client, body = served["client"], patient_json(served["data"], 0)
+
+    def predict(token: str) -> int:
+        return client.post("/v1/predict", json=body,
+                           headers={"Authorization": f"Bearer {token}"}).status_code
+
+    assert predict(doomed) == predict(other) == 200
+    admin = {"Authorization": f"Bearer {served['tokens']['admin']}"}
+    jti = svc.token_id(doomed)
+    assert client.delete(f"/v1/tokens/{jti}", headers=admin).status_code == 204
+    r = client.post("/v1/predict", json=body, headers={"Authorization": f"Bearer {doomed}"})
+    assert r.status_code == 401 and r.json()["detail"] == "token revoked"
+    assert predict(other) == 200  # the same user's other token still works
+    assert client.delete(f"/v1/tokens/{jti}", headers=admin).status_code == 404
+    record = [r for r in served["app"].state.serving.audit.records()
+              if r.action == "auth.revoke_token"][-1]
+    assert json.loads(record.detail) == {"jti": jti} and record.role == "admin"
+    # Durable: a fresh process's list (same database) knows it.
+    from server.serving.database import open_database
+
+    _, sessions = open_database(served["settings"].database_url)
+    assert RevocationList(sessions).is_revoked(jti)
+
+
+def test_revoke_command_takes_the_token_itself(served):
+    from server.serving.__main__ import app as cli
+
+    svc = TokenService(served["settings"].auth)
+    token = svc.issue("carl", "researcher", 600)
+    env = {"CANCER_ALPHA_DATABASE_URL": served["settings"].database_url,
+           "CANCER_ALPHA_JWT_SECRET": SECRET}
+    out = CliRunner().invoke(cli, ["auth", "revoke-token", "--token", token], env=env)
+    assert out.exit_code == 0, out.output
+    assert "revoked" in out.output
+    time.sleep(1.05)  # other processes' lists refresh within a second
+    r = served["client"].post("/v1/predict", json=patient_json(served["data"], 0),
+                              headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401 and r.json()["detail"] == "token revoked"
+    out = CliRunner().invoke(cli, ["auth", "revoke-token", "--token", "x.y.z"], env=env)
+    assert out.exit_code == 2

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,7 @@ def test_every_endpoint_refuses_missing_token_and_wrong_role(server) -> None:
         ("GET", f"/v1/models/{ref}", None, {"admin", "lead"}),
         ("POST", f"/v1/models/{ref}/promote", {"stage": "production"}, {"admin", "lead"}),
         ("POST", "/v1/tokens", {"subject": "x", "role": "site"}, {"admin"}),
+        ("DELETE", "/v1/tokens/{jti}", None, {"admin"}),
     ]
     spec = c.get("/openapi.json").json()
     listed = {(m.upper(), path.replace("{model_id}", ref)) for path, ops in spec["paths"].items()
@@ -177,11 +179,14 @@ def test_every_endpoint_refuses_missing_token_and_wrong_role(server) -> None:
     assert listed == {(m, u) for m, u, _, _ in matrix} | public
     for method, url in public:
         assert c.request(method, url).status_code == 200
-    for method, url, body, allowed in matrix:
+    for method, path, body, allowed in matrix:
+        url = path.replace("{jti}", uuid.uuid4().hex)  # a fresh token id to revoke
         assert c.request(method, url, json=body).status_code == 401, url
         for role in ROLES:
+            url = path.replace("{jti}", uuid.uuid4().hex)
             status = c.request(method, url, json=body, headers=auth(server, role)).status_code
-            assert status == (200 if role in allowed else 403), (url, role, status)
+            ok = 204 if method == "DELETE" else 200
+            assert status == (ok if role in allowed else 403), (url, role, status)
 
 
 def test_explain_on_a_real_patient(server) -> None:

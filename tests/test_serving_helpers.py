@@ -132,6 +132,7 @@ ENDPOINTS: list[tuple[str, str, set[str] | None]] = [
     ("GET", "/v1/models/{model_id}", {"admin", "lead"}),
     ("POST", "/v1/models/{model_id}/promote", {"admin", "lead"}),
     ("POST", "/v1/tokens", {"admin"}),
+    ("DELETE", "/v1/tokens/{jti}", {"admin"}),
 ]
 
 

@@ -433,9 +433,12 @@ REFUSED = [
 def test_refused_combination_says_why_and_what_is_allowed(settings, reason):
     with pytest.raises(ValueError, match=reason) as info:
         check_combination(RunConfig(**settings))
+    from strategies.registry import allowed_combinations
+
     message = str(info.value)
-    assert "Allowed: fedavg: --dp none/local/central, --secagg with --dp none/local" in message
-    assert "fedavgm: --dp none/local, no --secagg" in message
+    assert message.endswith("Allowed: " + "; ".join(allowed_combinations()))
+    assert "fedavg: --dp none/local/central" in message
+    assert "fedmedian: --dp none/local, no --secagg" in message
 
 
 def _every_combination():
@@ -495,7 +498,7 @@ def test_strategy_for_run_refuses_a_refused_combination():
 
 def test_central_dp_run_needs_its_computed_noise():
     with pytest.raises(ValueError, match="noise_multiplier"):
-        strategy_for_run(RunConfig(dp="central"))
+        strategy_for_run(RunConfig(strategy="fedavg", dp="central"))
 
 
 # --- site metrics records ----------------------------------------------------------------
@@ -556,3 +559,312 @@ def test_coordinator_refuses_a_refused_combination_before_submitting(tmp_path):
     with pytest.raises(CoordinatorError, match="fedprox cannot be combined with local DP"):
         prepare_run_config(cfg)
     assert not (tmp_path / "state" / "runs" / "r").exists()  # nothing submitted
+
+
+# --- robust aggregation and server optimizers --------------------------------------------
+
+ROBUST = {"fedmedian": {}, "trimmedavg": {"trim_fraction": 0.25},
+          "krum": {"malicious_sites": 2, "krum_select": 4},
+          "bulyan": {"malicious_sites": 1}}
+OPTIMIZERS = {"fedadam": {"server_lr": 0.01, "server_tau": 1e-3},
+              "fedyogi": {"server_lr": 0.01, "server_tau": 1e-3}}
+
+
+def honest_updates(count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Weights near 1.0: the global model 0.0 moved by similar honest updates."""
+    rng = np.random.default_rng(seed)
+    return [{k: (1.0 + 0.05 * rng.normal(size=s)).astype(np.float32) for k, s in SHAPES.items()}
+            for _ in range(count)]
+
+
+def scaled(arrays: dict[str, np.ndarray], factor: float) -> dict[str, np.ndarray]:
+    return {k: (v * factor).astype(np.float32) for k, v in arrays.items()}
+
+
+@pytest.mark.parametrize("name", [*ROBUST, *OPTIMIZERS])
+def test_each_new_strategy_builds_from_the_run_config(name):
+    settings = {"trim_fraction": 0.3, "malicious_sites": 2, "krum_select": 3,
+                "server_lr": 0.05, "server_tau": 0.01}
+    cfg = RunConfig(strategy=name, dp="none", fraction_train=0.5, min_sites=3, **settings)
+    strategy = strategy_for_run(cfg)
+    assert strategy.fraction_train == 0.5 and strategy.min_train_nodes == 3
+    assert strategy.vetting.max_norm_ratio == cfg.max_update_norm_ratio
+    expected = {"trimmedavg": ("beta", 0.3), "krum": ("num_nodes_to_select", 3),
+                "bulyan": ("num_malicious_nodes", 2), "fedadam": ("eta", 0.05),
+                "fedyogi": ("tau", 0.01)}.get(name)
+    if expected:
+        assert getattr(strategy, expected[0]) == expected[1]
+
+
+@pytest.mark.parametrize("name", list(ROBUST))
+def test_robust_strategy_keeps_a_scaled_site_out_of_the_global_weights(name):
+    strategy = build_strategy(name, fraction_train=1.0, min_sites=2, **ROBUST[name])
+    configured(strategy)  # global model 0.0; the norm bound is off (build_strategy)
+    good = honest_updates(6)
+    replies = [reply(i + 1, a, 10 + i) for i, a in enumerate(good)]
+    replies.append(reply(7, scaled(good[0], 1e6), 10, "hostile"))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    for key in SHAPES:
+        honest = np.stack([g[key] for g in good])
+        got = arrays[key].numpy()
+        assert (got >= honest.min(axis=0) - 1e-6).all() and (got <= honest.max(axis=0) + 1e-6).all()
+    # Flower's robust aggregators read the arrays out of the replies: they stay whole.
+    assert all(set(r.content[ARRAYS].keys()) == set(SHAPES) for r in replies)
+
+
+def test_fedmedian_is_the_coordinate_wise_median():
+    strategy = build_strategy("fedmedian", fraction_train=1.0, min_sites=2)
+    parts = [weights(1.0), weights(2.0), weights(7.0)]
+    arrays, _ = strategy.aggregate_train(1, [reply(i + 1, a, 5) for i, a in enumerate(parts)])
+    assert_arrays_close(arrays, {k: np.median(np.stack([p[k] for p in parts]), axis=0)
+                                 for k in SHAPES})
+
+
+def test_krum_selects_the_clustered_updates():
+    strategy = build_strategy("krum", fraction_train=1.0, min_sites=2, malicious_sites=1,
+                              krum_select=3)
+    good = honest_updates(3)
+    far = {k: v + 50 for k, v in good[0].items()}
+    arrays, _ = strategy.aggregate_train(
+        1, [reply(i + 1, a, 10) for i, a in enumerate([*good, far])])
+    assert_arrays_close(arrays, weighted_average([(g, 10) for g in good]))
+
+
+def test_bulyan_tolerates_what_the_vetted_updates_allow():
+    strategy = build_strategy("bulyan", fraction_train=1.0, min_sites=2, malicious_sites=1)
+    good = honest_updates(6)  # f = 1 needs 7: this round runs with f = 0, the plain mean
+    arrays, _ = strategy.aggregate_train(1, [reply(i + 1, a, 10) for i, a in enumerate(good)])
+    assert_arrays_close(arrays, weighted_average([(g, 1) for g in good]))
+    assert strategy.num_malicious_nodes == 1
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_server_optimizer_steps_towards_the_averaged_update(name):
+    strategy = build_strategy(name, fraction_train=1.0, min_sites=2, **OPTIMIZERS[name])
+    configured(strategy)
+    start = weights(0.0)
+    moved = {k: v + 1.0 for k, v in start.items()}
+    arrays, _ = strategy.aggregate_train(1, [reply(1, moved, 5), reply(2, moved, 5)])
+    for key in SHAPES:
+        step = arrays[key].numpy() - start[key]
+        # An adaptive step: about server_lr per coordinate, in the update's direction.
+        assert (step > 0).all() and (step < 0.05).all()
+
+
+@pytest.mark.parametrize("name", ["fedavg", *ROBUST, *OPTIMIZERS])
+def test_nan_and_scaled_updates_never_reach_the_global_weights(name):
+    cfg = RunConfig(strategy=name, dp="none", **{k: v for opts in (ROBUST.get(name, {}),
+                                                              OPTIMIZERS.get(name, {}))
+                                                  for k, v in opts.items()})
+    strategy = strategy_for_run(cfg)  # with the run's vetting: norm bound 5x the median
+    configured(strategy)
+    good = honest_updates(7)
+    nan = scaled(good[0], 1.0)
+    nan["layer.weight"][0, 0] = np.nan
+    replies = [reply(i + 1, a, 10) for i, a in enumerate(good)]
+    replies += [reply(8, nan, 10, "nan-site"), reply(9, scaled(good[1], 1e6), 10, "big-site")]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert sorted(r["site"] for r in strategy.rejected) == ["big-site", "nan-site"]
+    for key in SHAPES:
+        got = arrays[key].numpy()
+        assert np.isfinite(got).all() and np.abs(got).max() < 5
+
+
+# --- update vetting ------------------------------------------------------------------------
+
+
+def vetted(max_norm_ratio: float = 5.0, quarantine_after: int = 0, path=None):
+    from strategies.guard import VettingRules
+    from strategies.quarantine import Quarantine
+
+    strategy = build_strategy("fedavg", fraction_train=1.0, min_sites=2)
+    strategy.vetting = VettingRules(max_norm_ratio, quarantine_after)
+    if quarantine_after:
+        strategy.quarantine = Quarantine(path)
+    configured(strategy)
+    return strategy
+
+
+def test_norm_bound_rejects_an_update_far_beyond_the_median_and_keeps_the_rest():
+    strategy = vetted(max_norm_ratio=5.0)
+    good = honest_updates(4)
+    replies = [reply(i + 1, a, 10) for i, a in enumerate(good)]
+    replies.append(reply(5, scaled(good[0], 8.0), 10, "scaled"))  # ~8x the median distance
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert [r["site"] for r in strategy.rejected] == ["scaled"]
+    assert "exceeds 5 x the round's median" in strategy.rejected[0]["reason"]
+    assert_arrays_close(arrays, weighted_average([(g, 10) for g in good]))
+    # 3x the median is within the bound: kept.
+    strategy = vetted(max_norm_ratio=5.0)
+    strategy.aggregate_train(1, [*replies[:4], reply(5, scaled(good[0], 3.0), 10, "big")])
+    assert strategy.rejected == []
+
+
+def test_norm_bound_needs_three_updates_and_can_be_switched_off():
+    good = honest_updates(2)
+    pair = [reply(1, good[0], 10), reply(2, scaled(good[1], 100.0), 10, "big")]
+    strategy = vetted(max_norm_ratio=5.0)
+    strategy.aggregate_train(1, pair)
+    assert strategy.rejected == []  # no median worth the name among two
+    strategy = vetted(max_norm_ratio=0.0)
+    strategy.aggregate_train(1, [*pair, reply(3, good[0], 10)])
+    assert strategy.rejected == []
+
+
+def test_an_update_that_leaves_the_model_unchanged_is_rejected():
+    strategy = vetted()
+    good = honest_updates(3)
+    replies = [reply(i + 1, a, 10) for i, a in enumerate(good)]
+    replies.append(reply(4, weights(0.0), 10, "free-rider"))  # the global model sent back
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert [r["site"] for r in strategy.rejected] == ["free-rider"]
+    assert "unchanged" in strategy.rejected[0]["reason"]
+    assert_arrays_close(arrays, weighted_average([(g, 10) for g in good]))
+
+
+def test_declared_examples_beyond_the_registered_size_are_rejected():
+    strategy = vetted()
+    strategy.register_sites([{"site": "site-1", "n_train": 10},
+                             {"site": "site-2", "n_train": 30}])
+    good = honest_updates(3)
+    replies = [reply(1, good[0], 10), reply(2, good[1], 3000),  # site-2 inflates its weight
+               reply(3, good[2], 50)]  # site-3 joined later: not registered, not checked
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert [r["site"] for r in strategy.rejected] == ["site-2"]
+    assert strategy.rejected[0]["reason"] == "declares 3000 training examples, registered 30"
+    assert_arrays_close(arrays, weighted_average([(good[0], 10), (good[2], 50)]))
+
+
+def test_rejections_are_counted_per_site_and_benign_ones_are_not():
+    strategy = vetted()
+    good = honest_updates(3)
+    for rnd in (1, 2):
+        strategy.aggregate_train(rnd, [
+            *(reply(i + 1, a, 10) for i, a in enumerate(good)),
+            reply(4, scaled(good[0], 100.0), 10, "hostile"),
+            Message(content=refusal("tired", "budget spent"),
+                    reply_to=Message(RecordDict(), dst_node_id=5,
+                                     message_type=MessageType.TRAIN))])
+    assert dict(strategy.rejection_counts) == {"hostile": 2}
+
+
+def test_quarantine_after_n_rejected_rounds_is_audited_and_released_by_an_admin(tmp_path):
+    from strategies.quarantine import QUARANTINE_FILE, read_events, release
+
+    strategy = vetted(quarantine_after=2, path=tmp_path / QUARANTINE_FILE)
+    good = honest_updates(3)
+    honest = [reply(i + 1, a, 10) for i, a in enumerate(good)]
+
+    def round_with(update, rnd):
+        strategy.aggregate_train(rnd, [*honest, reply(4, update, 10, "hostile")])
+        return [r["reason"] for r in strategy.rejected]
+
+    round_with(scaled(good[0], 100.0), 1)
+    assert read_events(tmp_path / QUARANTINE_FILE) == []
+    round_with(scaled(good[0], 100.0), 2)
+    (event,) = read_events(tmp_path / QUARANTINE_FILE)
+    assert event["event"] == "quarantined" and event["site"] == "hostile"
+    assert event["round"] == 2 and event["rejections"] == 2 and event["time"]
+    # Quarantined: even a good update from it is not read.
+    reasons = round_with(good[1], 3)
+    assert len(reasons) == 1 and reasons[0].startswith("site quarantined since round 2")
+    with pytest.raises(ValueError, match="must name who"):
+        release(tmp_path, "hostile", " ")
+    with pytest.raises(ValueError, match="not quarantined"):
+        release(tmp_path, "site-1", "admin")
+    release(tmp_path, "hostile", "alice", "patched their pipeline")
+    assert round_with(good[1], 4) == []  # the coordinator re-reads the file every round
+    events = read_events(tmp_path / QUARANTINE_FILE)
+    assert [(e["event"], e["by"]) for e in events] == [("quarantined", "coordinator"),
+                                                       ("released", "alice")]
+    round_with(scaled(good[0], 100.0), 5)  # a released site starts afresh: one strike
+    assert len(read_events(tmp_path / QUARANTINE_FILE)) == 2
+
+
+def test_quarantine_lives_in_the_run_directory(tmp_path):
+    from strategies.quarantine import QUARANTINE_FILE
+
+    strategy = strategy_for_run(RunConfig(dp="none", quarantine_after=3, out=str(tmp_path)))
+    assert strategy.vetting.quarantine_after == 3
+    assert strategy.quarantine.path == tmp_path / QUARANTINE_FILE
+    assert strategy_for_run(RunConfig(dp="none")).quarantine is None
+
+
+# --- what runs with secure aggregation and DP ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ROBUST))
+def test_robust_strategies_are_refused_under_secagg_with_the_reason(name):
+    with pytest.raises(ValueError, match=f"{name} must see each update") as info:
+        check_combination(RunConfig(strategy=name, dp="none", secagg=True))
+    assert "site-side clipping" in str(info.value)
+    check_combination(RunConfig(strategy=name, dp="none"))
+    check_combination(RunConfig(strategy=name, dp="local"))
+
+
+@pytest.mark.parametrize("name", [n for n in strategy_names() if n not in ("fedavg", "fedavgm")])
+def test_distributed_dp_runs_only_with_plain_averaging(name):
+    cfg = RunConfig(strategy=name, dp="none")
+    cfg.dp = "distributed"
+    with pytest.raises(ValueError, match="only --strategy fedavg or fedavgm runs with it"):
+        check_combination(cfg)
+
+
+def test_distributed_dp_with_fedavg_is_not_refused_by_the_registry():
+    from strategies.registry import SPECS as specs
+    from strategies.registry import _refusals
+
+    assert not [p for p in _refusals(specs["fedavg"], "distributed", secagg=True)
+                if "distributed" in p]
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"trim_fraction": 0.5}, "trim_fraction"), ({"krum_select": 0}, "krum_select"),
+    ({"server_lr": 0.0}, "server_lr"), ({"max_update_norm_ratio": -1.0}, "max_update_norm"),
+])
+def test_out_of_range_robust_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        check_combination(RunConfig(dp="none", **settings))
+
+
+def test_vetting_rejections_have_their_own_metric_kinds_and_per_site_counts():
+    from server.monitoring import REJECTION_KINDS, rejection_kind, rejections_by_site
+
+    reasons = {"declares 3000 training examples, registered 30": "example_count",
+               "update norm 12 exceeds 5 x the round's median 1.2": "norm_bound",
+               "the update leaves the global model unchanged (no training)": "no_training",
+               "site quarantined since round 2 after 2 rejected rounds; an administrator "
+               "must release it": "quarantined",
+               "site declined the round: budget spent": "declined"}
+    for reason, kind in reasons.items():
+        assert rejection_kind(reason) == kind and kind in REJECTION_KINDS
+    rounds = [{"round": 1, "rejected": [{"site": "a", "reason": "update norm 9 exceeds 5 x"
+                                         " the round's median 1"},
+                                        {"site": "b", "reason": "site declined the round: x"}]},
+              {"round": 2, "rejected": [{"site": "a", "reason": "w: contains NaN or infinite "
+                                         "values"}]}]
+    assert rejections_by_site(rounds) == {"a": {"norm_bound": 1, "non_finite": 1}}
+
+
+def test_quarantine_command_lists_and_releases_with_an_audit_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from server.quarantine_cli import quarantine_app
+    from strategies.quarantine import QUARANTINE_FILE, Quarantine, read_events
+
+    Quarantine(tmp_path / QUARANTINE_FILE).impose("E2", 4, 3, "update norm 9 exceeds 5 x")
+    runner = CliRunner()
+    listed = runner.invoke(quarantine_app, ["list", "--run-dir", str(tmp_path)])
+    assert listed.exit_code == 0 and "quarantined now: E2" in listed.output
+    wrong = runner.invoke(quarantine_app, ["release", "--run-dir", str(tmp_path),
+                                           "--site", "BH", "--by", "alice"])
+    assert wrong.exit_code == 2 and "not quarantined" in wrong.output
+    done = runner.invoke(quarantine_app, ["release", "--run-dir", str(tmp_path), "--site",
+                                          "E2", "--by", "alice", "--note", "fixed export"])
+    assert done.exit_code == 0, done.output
+    last = read_events(tmp_path / QUARANTINE_FILE)[-1]
+    assert (last["event"], last["site"], last["by"], last["note"]) == (
+        "released", "E2", "alice", "fixed export")
+    listed = runner.invoke(quarantine_app, ["list", "--run-dir", str(tmp_path)])
+    assert "quarantined now: none" in listed.output

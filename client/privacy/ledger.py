@@ -168,6 +168,12 @@ class PrivacyLedger:
         return epsilon_of(self.projected_history(noise_multiplier, sample_rate, steps), delta,
                           self.accountant)
 
+    def epsilon_with(self, releases: list[tuple[float, float, int]], delta: float) -> float:
+        """Epsilon after ``releases`` ``(noise, rate, steps)`` more; nothing is recorded."""
+        for sigma, q, steps in releases:
+            check_round_args(sigma, q, steps)
+        return epsilon_of(merge_history([*self.history(), *releases]), delta, self.accountant)
+
     def projected_history(
         self, noise_multiplier: float, sample_rate: float, steps: int, rounds: int = 1
     ) -> History:

@@ -6,7 +6,10 @@ Modules: :mod:`~common.dataset.manifest` (manifest keys, parsing, the convention
 :mod:`~common.dataset.assembly` (splits joined, schema checks),
 :mod:`~common.dataset.loading` (inspect/load, the per-process cache),
 :mod:`~common.dataset.fingerprints`, :mod:`~common.dataset.sites`,
-:mod:`~common.dataset.findings` and :mod:`~common.dataset.multiomics` (the data record).
+:mod:`~common.dataset.findings` and :mod:`~common.dataset.multiomics` (the data record);
+:mod:`~common.dataset.formats` (GDC, GEO, MAF, segment and AnnData/MuData readers),
+:mod:`~common.dataset.qc` (per-modality QC and normalisation) and
+:mod:`~common.dataset.harmonization` (gene ids, the consortium feature set, masks).
 
 Dataset format
 ==============
@@ -30,7 +33,9 @@ this order (:mod:`common.dataset.lookup`):
    files are byte-identical to the bundled set's (the SHA-256 of every file the shipped
    manifest names equals its ``[fingerprint]`` table). Matching file names alone never
    select a shipped manifest;
-4. the convention above.
+4. a GDC sample sheet (``gdc_sample_sheet*.tsv``) in the directory: each supported Data
+   Type is a modality (:mod:`common.dataset.formats.gdc_directory`);
+5. the convention above.
 
 The loaded data and the report record which one was used (``DatasetOrigin``:
 ``alias:<name>``, ``fingerprint:<name>``, ``dataset.toml``, ``--manifest <path>`` or
@@ -73,6 +78,14 @@ Manifest keys (TOML)
     file = "methylation.csv"
     feature_names_file = "2_featname.csv"  # one feature name per line, no header; required
                                        # for (and only allowed with) header = false
+
+    [modalities.mrna2]                 # another file format (common.dataset.formats):
+    file = "gdc_sample_sheet.tsv"      # csv (default), gdc-star-counts, gdc-mirna,
+    format = "gdc-star-counts"         # methylation-beta, maf, seg, geo-series-matrix,
+    value = "tpm_unstranded"           # h5ad, h5mu; each with its own keys (value,
+    id_length = 12                     # gene_id, layer, modality, gene_coordinates, ...)
+    qc = { log_transform = "log2p1", min_expression = 1, min_fraction = 0.2,
+           missing = "error" }         # per-modality QC (common.dataset.qc), any format
 
     [splits.train]                     # optional; each split names its own files, and
     labels = "labels_tr.csv"           # inherits the options of [labels]/[modalities.*]

@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 
 from common.dataset.findings import Findings, ValidationReport, examples, preview
+from common.dataset.formats.registry import CSV
+from common.dataset.formats.tables import read_format
 from common.dataset.labels import Part, read_labels
 from common.dataset.manifest import LABELS_FILE, MANIFEST_NAME, Manifest, SplitLayout
 from common.dataset.multiomics import MultiOmicsData
@@ -45,7 +47,10 @@ def inspect_part(
                 file=spec.file,
             )
             continue
-        table = read_modality(directory, spec, prefix, out)
+        if spec.format == CSV:
+            table = read_modality(directory, spec, prefix, out)
+        else:
+            table = read_format(directory, spec, out)
         if table is not None:
             part.tables[m] = table
     if lay.modalities and not any((directory / s.file).is_file() for _, s in lay.modalities):
@@ -158,6 +163,9 @@ def assemble(
             "n_features": len(features[m]),
             "n_patients_present": int(mask[:, j].sum()),
         }
+        qc = preprocessing(parts, m)
+        if qc is not None:
+            report.modalities[m]["preprocessing"] = qc
     labels = None
     if label_names is not None and all(p.codes is not None for p in parts):
         labels = np.concatenate([p.codes for p in parts]).astype(np.int64)
@@ -193,6 +201,15 @@ def assemble(
             inter_mask[:, j] = mask[:, present.index(m)]
     data = MultiOmicsData(patient_ids, inter_blocks, inter_mask, labels, inter)
     return data.align_to(schema, source=str(report.directory))
+
+
+def preprocessing(parts: list[Part], modality: str) -> dict | None:
+    """The QC record of ``modality`` (its first split's; None for a CSV read as is)."""
+    for p in parts:
+        t = p.tables.get(modality)
+        if t is not None and t.qc is not None and not t.qc.trivial:
+            return t.qc.record()
+    return None
 
 
 def check_schema(

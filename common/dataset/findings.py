@@ -104,6 +104,8 @@ class Findings:
         self.items: list[Finding] = []
         self._count: Counter[tuple[str, str | None, str]] = Counter()
         self._last: dict[tuple[str, str | None, str], int] = {}
+        # Errors reported so far, capped repeats included (readers compare before/after).
+        self.n_errors = 0
 
     def add(
         self,
@@ -115,6 +117,8 @@ class Findings:
         row: int | None = None,
         kind: str | None = None,
     ) -> None:
+        if level == "error":
+            self.n_errors += 1
         if kind is not None:
             key = (level, file, kind)
             self._count[key] += 1

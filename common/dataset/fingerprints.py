@@ -6,6 +6,7 @@ from pathlib import Path
 
 from common.dataset.files import sha256_file
 from common.dataset.lookup import read_manifest
+from common.dataset.manifest import files_read
 
 
 def dataset_fingerprint(directory: Path | str, *, manifest: Path | None = None) -> dict[str, str]:
@@ -18,7 +19,7 @@ def dataset_fingerprint(directory: Path | str, *, manifest: Path | None = None) 
     directory = Path(directory)
     man = read_manifest(directory, manifest)
     out: dict[str, str] = {}
-    for rel in man.files():
+    for rel in files_read(directory, man):
         path = directory / rel
         if path.is_file():
             out[rel] = sha256_file(path)

@@ -23,7 +23,7 @@ from common.dataset.assembly import assemble, inspect_part
 from common.dataset.files import FileState, file_state, settled
 from common.dataset.findings import DatasetError, Findings, ValidationReport
 from common.dataset.labels import parse_labels
-from common.dataset.manifest import Manifest
+from common.dataset.manifest import Manifest, files_read
 from common.dataset.multiomics import DatasetOrigin, MultiOmicsData
 from common.paths import BUNDLED
 from common.schema import FeatureSchema
@@ -131,7 +131,7 @@ def clear_caches() -> None:
 
 def _stamp(directory: Path, man: Manifest, split: str | None) -> _Stamp:
     """How the layout was chosen plus the state of the manifest and every file read."""
-    files = [(rel, file_state(directory / rel)) for rel in man.files(split=split)]
+    files = [(rel, file_state(directory / rel)) for rel in files_read(directory, man, split)]
     if man.source is not None:
         files.append((f"manifest:{man.source}", file_state(man.source)))
     return man.chosen_by, tuple(files)
@@ -188,7 +188,9 @@ def _inspect(
     labelled = all(p.label_values is not None for p in parts)
     data = assemble(parts, man, label_names if labelled else None, schema, report, out)
     if data is not None:
-        data.origin = DatasetOrigin(str(directory), man.chosen_by, man.sha256)
+        qc = {m: info["preprocessing"] for m, info in report.modalities.items()
+              if info.get("preprocessing")}
+        data.origin = DatasetOrigin(str(directory), man.chosen_by, man.sha256, qc or None)
         if data.labels is not None:
             counts = data.class_counts()
             report.classes = {

@@ -6,7 +6,9 @@ directory an alias names (``common.paths.bundled_alias``) or one whose files are
 byte-identical to the bundled set (SHA-256 of every file the shipped manifest names
 equals its ``[fingerprint]`` table); else the convention. File names alone never
 select a shipped manifest: another dataset in the same layout would silently get the
-bundled set's class names.
+bundled set's class names. A directory holding a GDC sample sheet
+(``gdc_sample_sheet*.tsv``) and no manifest is read through the sheet
+(:mod:`common.dataset.formats.gdc_directory`) instead of the convention.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from common.dataset.files import FileState, file_state, settled, sha256_file
 from common.dataset.findings import DatasetError, Finding, ValidationReport
+from common.dataset.formats.gdc_directory import gdc_manifest
 from common.dataset.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -149,6 +152,9 @@ def read_manifest(directory: Path | str, manifest: Path | str | None = None) -> 
                 entry.manifest.source,
             )
             return replace(entry.manifest, chosen_by=f"fingerprint:{name}")
+    gdc = gdc_manifest(directory)
+    if gdc is not None:
+        return gdc
     return convention_manifest(directory)
 
 

@@ -8,9 +8,12 @@ which manifest a directory gets is decided in :mod:`common.dataset.lookup`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common.dataset.formats.registry import CSV, FORMATS, check_options, option_keys
+from common.dataset.qc import QcSettings
 
 TCGA_SITE_PATTERN = r"^TCGA-([A-Z0-9]{2})-"
 MANIFEST_NAME = "dataset.toml"
@@ -21,7 +24,7 @@ CONVENTION = "convention"
 
 @dataclass(frozen=True)
 class TableSpec:
-    """How to read one CSV file."""
+    """How to read one file (a CSV, or another format for a modality)."""
 
     file: str
     header: bool = True
@@ -29,6 +32,12 @@ class TableSpec:
     delimiter: str = ","
     column: str | int | None = None  # labels only: the label column
     feature_names_file: str | None = None  # modalities only
+    format: str = CSV  # modalities only: see common.dataset.formats
+    options: tuple[tuple[str, Any], ...] = ()  # the format's keys (value, layer, ...)
+    qc: QcSettings = field(default_factory=QcSettings)  # modalities only
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,9 @@ class ManifestError(Exception):
 
 _READ_KEYS = ("header", "index_column", "delimiter")
 _LABEL_KEYS = (*_READ_KEYS, "file", "column")
-_MODALITY_KEYS = (*_READ_KEYS, "file", "feature_names_file")
+# Every format-specific key; which of them a modality may use depends on its format.
+_FORMAT_KEYS = tuple(dict.fromkeys(k for f in FORMATS if f != CSV for k in option_keys(f)))
+_MODALITY_KEYS = (*_READ_KEYS, "file", "feature_names_file", "format", "qc", *_FORMAT_KEYS)
 
 
 def _check_keys(table: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
@@ -125,6 +136,43 @@ def _entry(value: Any, allowed: tuple[str, ...], where: str) -> dict[str, Any]:
     if isinstance(value, str):
         return {"file": value}
     return _check_options(dict(_check_keys(value, allowed, where)), where)
+
+
+def _modality_spec(
+    defaults: dict[str, Any], opts: dict[str, Any], where: str
+) -> TableSpec:
+    """A modality's spec: a CSV with the defaults applied, or another format."""
+    fmt = opts.get("format", CSV)
+    if fmt not in FORMATS:
+        raise ManifestError(f"{where}: unknown format {fmt!r}; known: {list(FORMATS)}")
+    qc_table = opts.get("qc", {})
+    try:
+        qc = QcSettings.parse(qc_table, where)
+        fmt_keys = {k: v for k, v in opts.items() if k in _FORMAT_KEYS}
+        allowed = option_keys(fmt) if fmt != CSV or fmt_keys else ()
+        wrong = sorted(set(fmt_keys) - set(allowed))
+        if wrong:
+            raise ValueError(f"{where}: key(s) {wrong} do not apply to format {fmt!r}")
+        options = check_options(fmt, fmt_keys, where) if fmt != CSV else {}
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
+    if fmt == CSV:
+        base = _spec({**defaults, **opts}, where)
+    else:
+        csv_only = sorted(k for k in (*_READ_KEYS, "feature_names_file") if k in opts)
+        if csv_only:
+            raise ManifestError(f"{where}: {csv_only} apply only to format 'csv'")
+        base = TableSpec(file=opts["file"])
+    return TableSpec(
+        file=base.file,
+        header=base.header,
+        index_column=base.index_column,
+        delimiter=base.delimiter,
+        feature_names_file=base.feature_names_file,
+        format=fmt,
+        options=tuple(sorted(options.items(), key=lambda kv: kv[0])),
+        qc=qc,
+    )
 
 
 def _spec(opts: dict[str, Any], where: str) -> TableSpec:
@@ -209,7 +257,7 @@ def parse_manifest(
             }
             order = list(mods_top)
         mods = tuple(
-            (m, _spec({**defaults, **o}, f"[modalities.{m}]")) for m, o in mods_top.items()
+            (m, _modality_spec(defaults, o, f"[modalities.{m}]")) for m, o in mods_top.items()
         )
         layouts.append(SplitLayout(None, _spec(labels, "[labels]"), mods))
     else:
@@ -240,7 +288,8 @@ def parse_manifest(
             if lacking:
                 raise ManifestError(f"{where}: no file named for modality {lacking}")
             mods = tuple(
-                (m, _spec({**defaults, **mods_top.get(m, {}), **smods[m]}, f"{where} {m}"))
+                (m, _modality_spec(defaults, _merged(mods_top.get(m, {}), smods[m]),
+                                   f"{where} {m}"))
                 for m in order
             )
             labels_spec = _spec({**defaults, **labels_top, **lab}, f"{where} labels")
@@ -280,6 +329,29 @@ def parse_manifest(
         modality_names=tuple(order),
         layouts=tuple(layouts),
     )
+
+
+def files_read(directory: Path, man: Manifest, split: str | None = None) -> list[str]:
+    """Every file a load of ``split`` reads: the manifest's, plus per-sample files of
+    non-CSV formats (found through their sample sheets), in a stable order."""
+    from common.dataset.formats.tables import files_read as format_files
+
+    seen = dict.fromkeys(man.files(split=split))
+    for lay in man.layouts_of(split):
+        for _, spec in lay.modalities:
+            if spec.format != CSV and (directory / spec.file).is_file():
+                seen.update(dict.fromkeys(format_files(directory, spec)))
+    return list(seen)
+
+
+def _merged(shared: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """A split's modality options over the shared ones (``qc`` tables merged by key)."""
+    out = {**shared, **own}
+    if "qc" in shared and "qc" in own:
+        if not isinstance(shared["qc"], dict) or not isinstance(own["qc"], dict):
+            raise ManifestError("qc must be a table")
+        out["qc"] = {**shared["qc"], **own["qc"]}
+    return out
 
 
 def convention_files(directory: Path) -> list[str]:

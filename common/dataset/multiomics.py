@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,14 +24,19 @@ class DatasetOrigin:
     directory: str
     manifest_source: str
     manifest_sha256: str | None = None
+    # Per modality, what QC did (common.dataset.qc.QcRecord.record()); JSON-ready.
+    preprocessing: dict[str, dict] | None = field(default=None, compare=False, hash=False)
 
-    def record(self) -> dict[str, str | None]:
+    def record(self) -> dict:
         """The JSON form kept in a run's config.json."""
-        return {
+        out: dict = {
             "directory": self.directory,
             "manifest_source": self.manifest_source,
             "manifest_sha256": self.manifest_sha256,
         }
+        if self.preprocessing:
+            out["preprocessing"] = self.preprocessing
+        return out
 
 
 @dataclass

@@ -19,6 +19,7 @@ import pandas as pd
 
 from common.dataset.findings import Findings, examples, preview
 from common.dataset.manifest import TableSpec
+from common.dataset.qc import QcRecord, apply_qc
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Table:
     features: list[str]
     values: np.ndarray  # float32 [n, F]; rows of absent patients are zeros
     present: np.ndarray  # bool [n]: the row has values
+    qc: QcRecord | None = None  # what QC did (see common.dataset.qc)
 
 
 def read_table(directory: Path, spec: TableSpec, out: Findings, *, text: bool) -> Raw | None:
@@ -248,6 +250,8 @@ def read_modality(directory: Path, spec: TableSpec, prefix: str, out: Findings) 
         out.error("no patient has a value in this file (every row is empty)", file=rel)
         return None
     dead = missing[present].all(axis=0)
+    if spec.qc.missing == "drop-feature":
+        dead[:] = False  # dropped by QC like any feature with a missing value
     for k in np.flatnonzero(dead):
         out.error(
             "feature column has no value at all",
@@ -256,6 +260,8 @@ def read_modality(directory: Path, spec: TableSpec, prefix: str, out: Findings) 
             kind="all-missing columns",
         )
     partial = missing & present[:, None] & ~dead[None, :]
+    if spec.qc.missing != "error":
+        partial[:] = False  # the missing-value policy handles them below
     for i, k in np.argwhere(partial):
         out.error(
             "missing value (empty or NaN); only an entirely empty row may mark a missing modality",
@@ -300,10 +306,36 @@ def read_modality(directory: Path, spec: TableSpec, prefix: str, out: Findings) 
         )
     if names is None:
         return None
-    # astype copies: the frame's array may be a read-only view.
-    matrix = values.astype(np.float32)
-    matrix[~present] = 0.0
-    return Table(rel, ids, raw.lines, names, matrix, present)
+    return finish_table(rel, ids, raw.lines, names, values, present, spec, None, out)
+
+
+def finish_table(
+    rel: str,
+    ids: list[str],
+    lines: np.ndarray,
+    names: list[str],
+    values: np.ndarray,
+    present: np.ndarray,
+    spec: TableSpec,
+    value_name: str | None,
+    out: Findings,
+) -> Table | None:
+    """Apply the modality's QC and build the :class:`Table` (None on errors)."""
+    errors_before = out.n_errors
+    done = apply_qc(
+        rel, ids, lines, names, values, present, spec.qc, spec.format, value_name, out
+    )
+    if out.n_errors > errors_before:
+        return None
+    if not done.features:
+        out.error("no feature is left after QC", file=rel)
+        return None
+    if not done.present.any():
+        out.error("no patient is left after QC", file=rel)
+        return None
+    matrix = done.values.astype(np.float32)
+    matrix[~done.present] = 0.0
+    return Table(rel, ids, lines, done.features, matrix, done.present, done.record)
 
 
 def _is_numeric(col: pd.Series) -> bool:

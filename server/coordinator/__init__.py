@@ -8,17 +8,21 @@ site registry, and one federated run submitted to it.
    ``--enable-supernode-auth`` (Flower 1.41: every SuperNode must be registered by its
    public key through the Control API; unknown keys are refused), a persistent
    ``--database`` (registrations and run state survive a restart) and no runtime
-   dependency installation;
-3. site registry sync (:func:`sync_sites`): registers every non-revoked
-   ``pki/sites/*/site.pub`` with ``flwr supernode register`` and unregisters revoked or
-   rotated keys (a revoked SuperNode's next heartbeat is refused and it stops);
+   dependency installation, run behind the operator guard
+   (:mod:`~server.coordinator.guard`: the Control API needs the state directory's
+   operator token, the runtime API answers this host only);
+3. site registry sync (:func:`sync_sites`): makes the SuperLink's nodes equal the PKI's
+   keys: registers every non-revoked ``pki/sites/*/site.pub`` with ``flwr supernode
+   register``, unregisters revoked or rotated keys (a revoked SuperNode's next heartbeat
+   is refused and it stops) and every node no key accounts for;
 4. ``flwr run`` of the project's Flower app with the run config written to the run
    directory, then follows its log until it finishes.
 
-State directory layout: ``superlink.db`` (Flower's link state), ``flwr-home/`` (the
-Flower CLI's connection config and unpacked apps), ``sites.json`` (site -> node id and
-key fingerprint), ``logs/superlink.log``, ``runs/<name>/`` (run config, coordinator
-record, checkpoint, outputs).
+State directory layout (0700): ``superlink.db`` (Flower's link state), ``flwr-home/``
+(the Flower CLI's connection config, operator credentials and unpacked apps),
+``operator.token``, ``sites.json`` (site -> node id and key fingerprint),
+``logs/superlink.log``, ``runs/<name>/`` (run config, coordinator record, checkpoint,
+outputs).
 
 Resume: the ServerApp checkpoints after every completed round (``server.rounds``).
 ``--resume`` reuses the run's stored config with ``resume=true``, stops the killed
@@ -28,6 +32,7 @@ continues after the last completed round.
 Modules: :mod:`~server.coordinator.settings` (configuration, environment, Flower CLI
 config), :mod:`~server.coordinator.flwr_cli` (the ``flwr`` CLI against this SuperLink),
 :mod:`~server.coordinator.superlink` (the SuperLink process),
+:mod:`~server.coordinator.guard` (run control for the operator only),
 :mod:`~server.coordinator.registry` (site registration sync),
 :mod:`~server.coordinator.runs` (run config, submission, following),
 :mod:`~server.coordinator.records` (the run directory's coordinator record),

@@ -71,8 +71,7 @@ def run_coordinator(cfg: CoordinatorConfig,
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM,)}
     try:
         report = sync_sites(cfg, env)
-        logger.info("sites: registered %s, kept %s, unregistered %s", report.registered,
-                    report.kept, report.unregistered)
+        logger.info("sites: %s", report.as_dict())
         if cfg.resume:
             stop_previous_run(cfg, env)
         started = time.perf_counter()

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.atomic import write_text_atomic
+from common.atomic import PRIVATE_FILE_MODE, write_text_atomic
 from common.flower import flower_process_env
 from common.pki import Pki
+from server.coordinator.guard import operator_token, write_operator_credentials
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONNECTION = "consortium"  # the Flower CLI's name for this SuperLink
@@ -18,6 +19,7 @@ RUN_CONFIG_FILE = "run-config.toml"
 RECORD_FILE = "coordinator.json"
 REGISTRY_FILE = "sites.json"
 DATABASE = "superlink.db"
+PRIVATE_DIR_MODE = 0o700
 
 
 class CoordinatorError(RuntimeError):
@@ -88,8 +90,22 @@ def coordinator_env(cfg: CoordinatorConfig) -> dict[str, str]:
     return env
 
 
+def secure_state_dir(cfg: CoordinatorConfig) -> None:
+    """State directory 0700 and the link-state database 0600 (created empty if new, so
+    SQLite's journal files inherit the mode): they hold run state and site registrations."""
+    for directory in (cfg.state_dir, cfg.flwr_home):
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(PRIVATE_DIR_MODE)
+    database = cfg.state_dir / DATABASE
+    database.touch(mode=PRIVATE_FILE_MODE, exist_ok=True)
+    database.chmod(PRIVATE_FILE_MODE)
+
+
 def write_flower_home(cfg: CoordinatorConfig) -> Path:
-    """The Flower CLI's config: one TLS connection to this SuperLink, no insecure mode."""
+    """The Flower CLI's config: one TLS connection to this SuperLink, no insecure mode,
+    and the operator token that run control requires (:mod:`server.coordinator.guard`)."""
+    secure_state_dir(cfg)
+    write_operator_credentials(cfg.flwr_home, cfg.local_address, operator_token(cfg.state_dir))
     pki = Pki(cfg.pki_dir)
     text = (f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f'address = "{cfg.local_address}"\n'

@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from common.atomic import write_text_atomic
-from common.flower import flower_executable
 from common.pki import Pki, PkiError, probe_tls
 from common.processes import command_line, stop_process
+from server.coordinator.guard import GUARD_MODULE, TOKEN_FILE, operator_token
 from server.coordinator.settings import DATABASE, CoordinatorConfig, CoordinatorError
 
 logger = logging.getLogger(__name__)
@@ -21,10 +22,13 @@ PID_FILE = "superlink.pid"
 
 
 def superlink_command(cfg: CoordinatorConfig) -> list[str]:
-    """`flower-superlink` with TLS, node authentication and a persistent database."""
+    """`flower-superlink` with TLS, node authentication and a persistent database, behind
+    the operator guard (:mod:`server.coordinator.guard`: run control needs the state
+    directory's operator token, the runtime interface this host)."""
     pki = Pki(cfg.pki_dir)
+    token_file = cfg.state_dir / TOKEN_FILE
     return [
-        flower_executable("flower-superlink"),
+        sys.executable, "-m", GUARD_MODULE, "--operator-token-file", str(token_file), "--",
         "--ssl-ca-certfile", str(pki.ca_cert.resolve()),
         "--ssl-certfile", str(pki.server_cert.resolve()),
         "--ssl-keyfile", str(pki.server_key.resolve()),
@@ -43,9 +47,11 @@ def start_superlink(cfg: CoordinatorConfig, env: dict[str, str]) -> subprocess.P
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "superlink.log"
     _refuse_stale_superlink(cfg)
+    operator_token(cfg.state_dir)
     cmd = superlink_command(cfg)
     logger.info("starting: %s", " ".join(cmd))
     with open(log_path, "ab") as log:
+        log_path.chmod(0o600)
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=cfg.state_dir)
     write_text_atomic(cfg.state_dir / PID_FILE, f"{proc.pid}\n")
@@ -73,7 +79,7 @@ def _refuse_stale_superlink(cfg: CoordinatorConfig) -> None:
     pid_file = cfg.state_dir / PID_FILE
     with contextlib.suppress(OSError, ValueError):
         pid = int(pid_file.read_text().strip())
-        if "flower-superlink" in command_line(pid):
+        if GUARD_MODULE in command_line(pid):
             raise CoordinatorError(
                 f"a SuperLink started from {cfg.state_dir} is still running (PID {pid}); "
                 f"stop it first (kill {pid}) or use another --state-dir")

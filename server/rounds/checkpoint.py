@@ -51,6 +51,8 @@ class Checkpoint:
     resumed_from: list[int] = field(default_factory=list)
     seconds: float = 0.0
     setup_seconds: float = 0.0
+    class_prior: list[float] | None = None  # distributed DP: from the noised class counts
+    distributed_dp: dict | None = None
     format: int = CHECKPOINT_FORMAT
 
     def check_compatible(self, cfg: RunConfig) -> None:
@@ -65,8 +67,10 @@ class Checkpoint:
     def consortium_setup(self) -> ConsortiumSetup:
         standardizer = Standardizer.from_arrays(
             {k: np.asarray(v, dtype=np.float32) for k, v in self.standardizer.items()})
+        prior = (None if self.class_prior is None
+                 else np.asarray(self.class_prior, dtype=np.float32))
         return ConsortiumSetup(FeatureSchema.from_dict(self.schema), standardizer,
-                               np.asarray(self.class_weight, dtype=np.float32))
+                               np.asarray(self.class_weight, dtype=np.float32), prior)
 
     def restored_outcome(self) -> FederationOutcome:
         """The outcome so far, as the run that wrote this checkpoint left it."""
@@ -75,6 +79,8 @@ class Checkpoint:
             best_round=self.best_round, best_state=self.best_state,
             setup_seconds=self.setup_seconds,
             central_dp=dict(self.central_dp) if self.central_dp is not None else None,
+            distributed_dp=(dict(self.distributed_dp) if self.distributed_dp is not None
+                            else None),
             resumed_from=[*self.resumed_from, self.round],
         )
 
@@ -94,6 +100,9 @@ class Checkpoint:
             central_dp=outcome.central_dp, config=cfg.to_dict(),
             resumed_from=outcome.resumed_from, seconds=seconds,
             setup_seconds=outcome.setup_seconds,
+            distributed_dp=outcome.distributed_dp,
+            class_prior=(None if outcome.setup.class_prior is None
+                         else [float(p) for p in outcome.setup.class_prior]),
         )
 
 

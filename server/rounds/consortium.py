@@ -17,7 +17,7 @@ from common.preprocessing import FeatureStats, Standardizer
 from common.protocol import CONFIG, DESCRIBE, QUERY_KIND, SiteDescription
 from common.schema import FeatureSchema, SchemaMismatchError
 from server.rounds.exchange import query, wait_for_sites
-from server.rounds.outcome import FederationError
+from server.rounds.outcome import FederationError, FederationOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +90,64 @@ def merge_descriptions(descriptions: list[SiteDescription], class_weighting: str
     return setup, sites
 
 
-def form_consortium(grid: Grid, cfg: RunConfig, timeout: float
-                    ) -> tuple[ConsortiumSetup, list[dict]]:
+def form_consortium(grid: Grid, cfg: RunConfig, timeout: float) -> FederationOutcome:
     """Ask the connected sites to describe themselves and merge what they answer."""
     nodes = wait_for_sites(grid, cfg.min_sites, timeout)
     descriptions = describe_sites(grid, nodes, timeout)
     if len(descriptions) < cfg.min_sites:
         raise FederationError(f"{len(descriptions)} sites answered, {cfg.min_sites} required")
-    return merge_descriptions(descriptions, cfg.train.class_weighting)
+    if cfg.dp == "distributed":
+        return _private_consortium(grid, cfg, nodes, descriptions, timeout)
+    return FederationOutcome(*merge_descriptions(descriptions, cfg.train.class_weighting))
+
+
+def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
+                        descriptions: list[SiteDescription], timeout: float
+                        ) -> FederationOutcome:
+    """Distributed DP: names only from the descriptions; the class counts as one noised
+    sum through SecAgg+; every patient standardized by its own values."""
+    from flwr.app import ArrayRecord
+
+    from common.protocol import CLASS_COUNTS_TASK, RoundConfig, to_array
+    from server.rounds.distributed import (
+        class_prior,
+        noise_plan_for,
+        secagg_settings,
+        summed,
+        too_few_sites,
+    )
+    from server.secagg import secure_train_round
+
+    disclosed = [d.site for d in descriptions if not d.private]
+    if disclosed:
+        raise FederationError(f"distributed DP: site(s) {disclosed} sent their counts and "
+                              "statistics in clear; they must run the same DP mode")
+    if len(descriptions) < 3:
+        raise FederationError(f"distributed DP sums through secure aggregation, which needs "
+                              f"at least 3 sites; {len(descriptions)} joined (use --dp local)")
+    schema = consortium_schema(descriptions)
+    plan = noise_plan_for(cfg, len(descriptions))
+    n_classes = schema.n_classes
+    config = RoundConfig(task=CLASS_COUNTS_TASK, noise_plan=plan).to_record()
+    secure = secure_train_round(
+        grid, 0, ArrayRecord({CLASS_COUNTS_TASK: to_array(np.zeros(n_classes))}),
+        sorted(nodes), config, max_weight=1,
+        settings=secagg_settings(cfg, len(descriptions), timeout))
+    problem = too_few_sites(secure, plan)
+    counts = summed(secure)
+    if problem is not None or counts is None:
+        reasons = "; ".join(f"{r['site']}: {r['reason']}" for r in secure.rejected)
+        raise FederationError(f"class counts: {problem or 'no sum'}"
+                              + (f" ({reasons})" if reasons else ""))
+    prior, patients = class_prior(counts[0])
+    setup = ConsortiumSetup(schema, Standardizer.for_each_patient(schema),
+                            np.ones(n_classes, dtype=np.float32), prior)
+    logger.info("%d sites; noised class counts %s", len(descriptions),
+                dict(zip(schema.label_names, np.round(counts[0], 1).tolist(), strict=True)))
+    return FederationOutcome(setup, [{"site": d.site} for d in descriptions],
+                             distributed_dp={"noise_plan": plan.to_dict(),
+                                             "class_counts": [float(c) for c in counts[0]],
+                                             "patients": patients})
 
 
 SETUP_ATTEMPTS = 3

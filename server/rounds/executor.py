@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -29,6 +29,9 @@ from server.monitoring import update_sizes
 from server.rounds.consortium import send_setup
 from server.rounds.exchange import exchange, resent
 from server.secagg import SecAggSettings, SecureRound, secure_train_round
+
+if TYPE_CHECKING:
+    from server.rounds.distributed import DistributedRun
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +65,11 @@ class RoundExecutor:
     """Runs the training and evaluation exchanges of a run's rounds on ``grid``."""
 
     def __init__(self, grid: Grid, strategy: Any, setup: ConsortiumSetup, *, timeout: float,
-                 secagg: SecAggSettings | None = None, max_weight: int = 1) -> None:
+                 secagg: SecAggSettings | None = None, max_weight: int = 1,
+                 distributed: DistributedRun | None = None) -> None:
         self.grid, self.strategy, self.setup = grid, strategy, setup
         self.timeout, self.secagg, self.max_weight = timeout, secagg, max_weight
+        self.distributed = distributed  # distributed DP: the sites send noised sums
         self.with_setup: set[int] = set()  # nodes that acknowledged the setup
         self.names: dict[int, str] = {}  # node id -> site name, from the replies seen
 
@@ -88,6 +93,8 @@ class RoundExecutor:
             self.grid, server_round, arrays, [m.metadata.dst_node_id for m in messages],
             messages[0].content[CONFIG], max_weight=self.max_weight, settings=self.secagg)
         self._note(secure.replies)
+        if self.distributed is not None:
+            self.distributed.open_training(secure, arrays, server_round)
         return TrainingReplies(server_round, secure.replies, secure=secure,
                                request=messages[0])
 
@@ -122,7 +129,25 @@ class RoundExecutor:
         messages = list(self.strategy.configure_evaluate(server_round, arrays, config,
                                                          self.grid))
         self.ensure_setup([m.metadata.dst_node_id for m in messages])
+        if self.distributed is not None:
+            return self._secure_validation(server_round, arrays, config, messages)
         return self._exchange(messages)[0]
+
+    def _secure_validation(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           messages: list[Message]) -> list[Message]:
+        """Distributed DP: validation only as a noised sum, in a secure validate round."""
+        from common.protocol import SERVER_ROUND, TASK, VALIDATE_TASK
+
+        assert self.distributed is not None and self.secagg is not None
+        if not messages:
+            return []
+        config = ConfigRecord({**dict(config), TASK: VALIDATE_TASK, SERVER_ROUND: server_round})
+        secure = secure_train_round(
+            self.grid, server_round, arrays, [m.metadata.dst_node_id for m in messages],
+            config, max_weight=self.max_weight, settings=self.secagg)
+        reply = self.distributed.open_validation(secure, messages[0])
+        # The sites' replies carry the epsilon they spent on this release.
+        return [*secure.replies, *([reply] if reply is not None else [])]
 
     def _exchange(self, messages: list[Message]) -> tuple[list[Message], list[int]]:
         """:func:`exchange`, sending the setup again to sites that lack it and retrying."""

@@ -89,6 +89,8 @@ def run_federation(
     if pending is not None:  # validate the last aggregate
         replies = run.executor.evaluate(pending[0].round, run.arrays,
                                         run.round_config(pending[0].round).to_record())
+        if run.distributed is not None:
+            pending[0].add_spent(replies)
         run.tracker.finish(*pending, replies)
     return run.finish()
 
@@ -109,8 +111,7 @@ class _Run:
         self.start = time.perf_counter()
         self.prior_seconds = resume.seconds if resume is not None else 0.0
         if resume is None:
-            setup, sites = form_consortium(grid, cfg, timeout)
-            self.outcome = FederationOutcome(setup, sites)
+            self.outcome = form_consortium(grid, cfg, timeout)
         else:
             resume.check_compatible(cfg)
             self.outcome = resume.restored_outcome()
@@ -125,18 +126,30 @@ class _Run:
         self.strategy = strategy_for_run(
             cfg, **({"noise_multiplier": self.central["noise_multiplier"]}
                     if self.central else {}))
-        # SecAgg+ fixed-point weight range: the largest site's training patients.
-        max_weight = max(s["n_train"] for s in self.outcome.sites)
-        self.executor = RoundExecutor(
-            grid, self.strategy, self.outcome.setup, timeout=timeout,
-            secagg=SecAggSettings(cfg.secagg_threshold, timeout=timeout) if cfg.secagg
-            else None, max_weight=max_weight)
+        self.strategy.register_sites(self.outcome.sites)  # declared sizes are checked
+        self.distributed = None
+        if self.outcome.distributed_dp is not None:
+            from server.rounds.distributed import DistributedRun, secagg_settings
+
+            self.distributed = DistributedRun.of(self.outcome.distributed_dp, cfg,
+                                                 self.outcome.schema.n_classes)
+            secagg = secagg_settings(cfg, self.distributed.plan.min_sites, timeout)
+            max_weight = 1  # every site's noised sum counts once
+        else:
+            secagg = (SecAggSettings(cfg.secagg_threshold, timeout=timeout)
+                      if cfg.secure_aggregation else None)
+            # SecAgg+ fixed-point weight range: the largest site's training patients.
+            max_weight = max(s["n_train"] for s in self.outcome.sites)
+        self.executor = RoundExecutor(grid, self.strategy, self.outcome.setup,
+                                      timeout=timeout, secagg=secagg, max_weight=max_weight,
+                                      distributed=self.distributed)
         self.executor.ensure_setup(nodes)
         self.test = (self.outcome.standardizer.transform(test.align_to(self.outcome.schema,
                                                                        "test split"))
                      if test is not None else None)
         self.tracker = RoundTracker(self.outcome, cfg.train.selection, cfg.round_patience,
-                                    on_round, self._saver(checkpoint))
+                                    on_round, self._saver(checkpoint),
+                                    latest=self.distributed is not None)
         self.first_round = 1
         if resume is not None:
             self.tracker.best.restore(resume.selection)
@@ -183,7 +196,8 @@ class _Run:
         cfg = self.cfg
         return RoundConfig(self.outcome.setup.digest(), local_epochs=cfg.local_epochs,
                            progress_start=(rnd - 1) / cfg.rounds, progress_end=rnd / cfg.rounds,
-                           server_round=rnd)
+                           server_round=rnd,
+                           noise_plan=self.distributed.plan if self.distributed else None)
 
     def sites_connected(self, rnd: int) -> bool:
         """Wait for ``min_sites``; False (and the reason recorded) when they do not come.

@@ -28,6 +28,8 @@ class FederationOutcome:
     setup_seconds: float = 0.0  # sites connecting and describing themselves, model init
     stopped: str = ""  # why the federation ended before its last round, if it did
     central_dp: dict | None = None  # budget, delta, noise, clipping, epsilon spent
+    # Distributed DP: the noise plan, the noised class counts and patient total.
+    distributed_dp: dict | None = None
     seconds: float = 0.0  # the whole federation, setup included
     resumed_from: list[int] = field(default_factory=list)  # last completed round at restarts
 

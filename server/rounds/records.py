@@ -42,13 +42,23 @@ class RoundRecord:
                     or msg.metadata.src_node_id in rejected_nodes):
                 continue
             metrics = SiteMetrics.of_reply(msg.content)
-            if metrics is None or metrics.train_loss is None:
+            if metrics is None or (metrics.train_loss is None and metrics.epsilon is None):
                 continue
-            rec = {"site": site_name(msg.content), "n_train": metrics.num_examples,
-                   "train_loss": metrics.train_loss}
+            rec: dict = {"site": site_name(msg.content)}
+            if metrics.train_loss is not None:  # distributed DP releases no per-site loss
+                rec.update(n_train=metrics.num_examples, train_loss=metrics.train_loss)
             if metrics.epsilon is not None:  # local DP: the cumulative spend after the round
                 rec["epsilon"] = metrics.epsilon
             self.sites.setdefault(rec["site"], {}).update(rec)
+
+    def add_spent(self, replies: list[Message]) -> None:
+        """Each site's epsilon after a release that is not training (distributed DP's
+        final validation): the run's last word on what the site spent."""
+        for msg in replies:
+            metrics = None if msg.has_error() else SiteMetrics.of_reply(msg.content)
+            if metrics is not None and metrics.epsilon is not None and not metrics.refused:
+                name = site_name(msg.content)
+                self.sites.setdefault(name, {"site": name})["epsilon"] = metrics.epsilon
 
     def add_validation(self, replies: list[Message]) -> None:
         """Pooled and per-site validation of this round's aggregate, from replies that

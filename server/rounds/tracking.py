@@ -20,13 +20,16 @@ logger = logging.getLogger(__name__)
 class RoundTracker:
     """Completes a round once its validation arrives: best round, callbacks, stop.
 
-    Selection uses the pooled validation metrics only, never the test split.
+    Selection uses the pooled validation metrics only, never the test split. With
+    ``latest`` (distributed DP, whose rounds release no validation) the latest round is
+    the run's model and training never stops early.
     """
 
     def __init__(self, outcome: FederationOutcome, selection: str, patience: int,
                  on_round: Callable[[dict], None] | None = None,
-                 checkpoint: Callable[[dict], None] | None = None) -> None:
-        self.outcome, self.patience = outcome, patience
+                 checkpoint: Callable[[dict], None] | None = None, *,
+                 latest: bool = False) -> None:
+        self.outcome, self.patience, self.latest = outcome, patience, latest
         self.on_round, self.checkpoint = on_round, checkpoint
         self.best = BestTracker(selection)
 
@@ -38,7 +41,9 @@ class RoundTracker:
         val = record.val
         f1, loss = (val.f1_macro, val.loss) if val is not None else (-math.inf, math.inf)
         outcome = self.outcome
-        if self.best.update(record.round, f1, loss):
+        if self.latest:
+            self.best.best_step = record.round
+        if self.latest or self.best.update(record.round, f1, loss):
             outcome.best_round = record.round
             outcome.best_state = copy.deepcopy(state)
         done = record.to_dict()
@@ -50,7 +55,7 @@ class RoundTracker:
             self.on_round(done)
         if self.checkpoint is not None:
             self.checkpoint(state)
-        stop = self.best.stale(record.round, self.patience)
+        stop = not self.latest and self.best.stale(record.round, self.patience)
         if stop:
             logger.info("early stop after round %d (best %d)", record.round, outcome.best_round)
         return stop
@@ -65,4 +70,4 @@ class RoundTracker:
 
     def stopped_early(self, last_round: int) -> bool:
         """True when a run resumed after ``last_round`` had already stopped early."""
-        return self.best.stale(last_round, self.patience)
+        return not self.latest and self.best.stale(last_round, self.patience)

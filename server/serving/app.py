@@ -25,13 +25,14 @@ from server.serving.api.deps import ServingState, require_role
 from server.serving.api.errors import EXCEPTION_HANDLERS
 from server.serving.api.middleware import ObserveMiddleware
 from server.serving.api.routers import explanation, models, operations, prediction, tokens
-from server.serving.audit_log import AuditLog
+from server.serving.audit_log import open_audit_log
 from server.serving.auth import Role, TokenService
 from server.serving.batching import MicroBatcher
 from server.serving.database import open_database
 from server.serving.model_loading import load_predictor, warm_up
 from server.serving.prometheus import ServingMetrics
 from server.serving.registry import Registry
+from server.serving.revocation import RevocationList
 from server.serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ def open_state(settings: ServingSettings, metrics: ServingMetrics | None = None
     configure_torch(settings.threads_per_worker())
     token_service = TokenService(settings.auth)
     engine, sessions = open_database(settings.database_url)
-    audit = AuditLog(sessions, settings.audit_key)
+    audit = open_audit_log(sessions, settings)
+    audit.check_writable()  # a keyless or wrong-key server refuses to start
     registry = Registry(sessions, audit)
     predictor = load_predictor(settings, registry)
     warm_up(predictor)
@@ -62,7 +64,7 @@ def open_state(settings: ServingSettings, metrics: ServingMetrics | None = None
     logger.info("serving %s (%d features, %d classes)", predictor.identity.model_id,
                 predictor.n_features, len(predictor.label_names))
     return ServingState(settings, engine, registry, audit, token_service, predictor, metrics,
-                        MicroBatcher(predictor, audit))
+                        MicroBatcher(predictor, audit), RevocationList(sessions))
 
 
 @asynccontextmanager

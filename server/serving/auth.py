@@ -3,7 +3,14 @@
 Tokens are signed with HS256/384/512 (a shared secret of at least 32 bytes) or an
 asymmetric algorithm (RS*, PS*, ES*, EdDSA: the server needs only the public key).
 Only the configured algorithm is accepted (no ``none``, no algorithm confusion), and
-every token must carry ``sub``, ``role``, ``iss``, ``aud``, ``iat`` and ``exp``.
+every token must carry ``sub``, ``role``, ``iss``, ``aud``, ``iat``, ``exp`` and ``jti``.
+
+Time: a token is expired from its ``exp`` second on, exactly (no leeway). Clock skew
+between the issuing and the verifying machine is allowed for ``iat`` and ``nbf`` only
+(``leeway_seconds``, default 10 s, at most 300). The lifetime cap
+(``max_token_ttl_seconds``) holds at verification too: a token whose ``exp - iat``, or
+whose remaining life, exceeds it is refused whoever signed it. A single token is
+revoked by its ``jti`` (:mod:`server.serving.revocation`).
 
 Roles and what they may do on the service:
 
@@ -97,17 +104,16 @@ class TokenService:
                   "jti": uuid.uuid4().hex}
         return jwt.encode(claims, self._sign_key, algorithm=self.cfg.algorithm)
 
-    def verify(self, token: str) -> Principal:
+    def verify(self, token: str, now: float | None = None) -> Principal:
         """The token's principal; :class:`AuthError` with the reason otherwise."""
         try:
             claims = jwt.decode(
                 token, self._verify_key, algorithms=[self.cfg.algorithm],
                 audience=self.cfg.audience, issuer=self.cfg.issuer,
-                leeway=self.cfg.leeway_seconds,
-                options={"require": _REQUIRED_CLAIMS},
+                # Times are checked below against one clock: exp exactly, iat/nbf with skew.
+                options={"require": _REQUIRED_CLAIMS, "verify_exp": False,
+                         "verify_iat": False, "verify_nbf": False},
             )
-        except jwt.ExpiredSignatureError as exc:
-            raise AuthError("token expired") from exc
         except jwt.InvalidAudienceError as exc:
             raise AuthError("token audience is not this service") from exc
         except jwt.InvalidIssuerError as exc:
@@ -118,13 +124,49 @@ class TokenService:
             raise AuthError("token signature is invalid") from exc
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token ({exc.__class__.__name__})") from exc
+        self._check_lifetime(claims, time.time() if now is None else now)
         try:
             role = Role(claims["role"])
         except ValueError as exc:
             raise AuthError(f"unknown role {claims['role']!r}") from exc
         if not isinstance(claims["sub"], str) or not claims["sub"]:
             raise AuthError("token subject is empty")
-        return Principal(claims["sub"], role, str(claims.get("jti", "")))
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise AuthError("token lacks the 'jti' claim")
+        return Principal(claims["sub"], role, jti)
+
+    def _check_lifetime(self, claims: dict, now: float) -> None:
+        exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])
+        if not all(isinstance(v, int | float) and not isinstance(v, bool)
+                   for v in (exp, iat, nbf)):
+            raise AuthError("token times are not numbers")
+        if now >= exp:
+            raise AuthError("token expired")
+        if max(iat, nbf) > now + self.cfg.leeway_seconds:
+            raise AuthError("token is not valid yet (iat or nbf in the future)")
+        cap = self.cfg.max_token_ttl_seconds
+        if exp - iat > cap or exp - now > cap + self.cfg.leeway_seconds:
+            raise AuthError(f"token lifetime exceeds the maximum of {cap} s")
+
+    def token_id(self, token: str) -> str:
+        """The ``jti`` of a token this service signed (signature checked, not expiry)."""
+        return self.identify(token)[0]
+
+    def identify(self, token: str) -> tuple[str, int]:
+        """``jti`` and ``exp`` of a token this service signed (signature checked, not
+        expiry): what revoking it needs."""
+        try:
+            claims = jwt.decode(token, self._verify_key, algorithms=[self.cfg.algorithm],
+                                audience=self.cfg.audience, issuer=self.cfg.issuer,
+                                options={"verify_exp": False, "verify_iat": False,
+                                         "verify_nbf": False})
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"not a token of this service ({exc.__class__.__name__})") from exc
+        if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+            raise AuthError("token lacks the 'jti' claim")
+        exp = claims.get("exp")
+        return claims["jti"], int(exp) if isinstance(exp, int | float) else 0
 
 
 def _public_from_private(pem: str) -> str:

@@ -52,13 +52,13 @@ def _settings(config: Path | None, **overrides: Any) -> Any:
 
 def _open(config: Path | None, db: str | None) -> tuple[Any, Any]:
     """(settings, registry) for the configured database."""
-    from server.serving.audit_log import AuditLog
+    from server.serving.audit_log import open_audit_log
     from server.serving.database import open_database
     from server.serving.registry import Registry
 
     settings = _settings(config, database_url=db)
     _, sessions = open_database(settings.database_url)
-    return settings, Registry(sessions, AuditLog(sessions, settings.audit_key))
+    return settings, Registry(sessions, open_audit_log(sessions, settings))
 
 
 def _actor(name: str | None) -> Any:
@@ -179,8 +179,46 @@ def issue_token(
     who = _actor(actor)
     registry.audit.append(actor=who.subject, role=who.role, action="auth.issue_token",
                           detail={"subject": subject, "role": role,
-                                  "ttl": ttl or settings.auth.token_ttl_seconds})
+                                  "ttl": ttl or settings.auth.token_ttl_seconds,
+                                  "jti": service.token_id(token)})
     print(token)
+
+
+@auth_app.command("revoke-token")
+def revoke_token(
+    jti: Annotated[str | None, typer.Option(
+        help="The token's id (its jti claim; `audit` records of auth.issue_token show it).")
+    ] = None,
+    token: Annotated[str | None, typer.Option(
+        help="The token itself (its signature is checked, its id revoked).")] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    actor: ActorOpt = None,
+) -> None:
+    """Revoke one token before it expires, by id or by the token itself (audited).
+    Every server refuses it within a second."""
+    from server.serving.auth import AuthError, TokenService
+    from server.serving.revocation import RevocationList
+    from server.serving.settings import SettingsError
+
+    if (jti is None) == (token is None):
+        _fail(ValueError("give exactly one of --jti and --token"))
+    settings, registry = _open(config, db)
+    expires_at = 0
+    if token is not None:
+        try:
+            jti, expires_at = TokenService(settings.auth).identify(token)
+        except (SettingsError, AuthError) as exc:
+            _fail(exc)
+    assert jti is not None
+    who = _actor(actor)
+    try:
+        done = RevocationList(registry.audit.sessions).revoke(
+            jti, actor=who.subject, role=who.role, audit=registry.audit,
+            expires_at=expires_at)
+    except ValueError as exc:
+        _fail(exc)
+    console.print(f"token {jti} {'revoked' if done else 'was already revoked'}")
 
 
 # --------------------------------------------------------------------------------- audit
@@ -191,8 +229,9 @@ def audit_verify(
         help="SEQ:HASH of a head noted earlier; detects deleted newest records.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the audit log's hash chain; exit 1 naming every modified or deleted record."""
-    from server.serving.audit_log import AuditLog
+    """Check the audit log's hash chain and its anchor; exit 1 naming every modified or
+    deleted record, and a log that ends before its anchor (truncated)."""
+    from server.serving.audit_log import open_audit_log
     from server.serving.database import open_database
 
     settings = _settings(config, database_url=db)
@@ -203,17 +242,17 @@ def audit_verify(
             _fail(ValueError(f"--expect-head {expect_head!r} is not SEQ:HASH"))
         head = (int(seq), digest)
     _, sessions = open_database(settings.database_url)
-    result = AuditLog(sessions, settings.audit_key).verify(expect_head=head)
+    result = open_audit_log(sessions, settings).verify(expect_head=head)
     if as_json:
         print(json.dumps({"ok": result.ok, "checked": result.checked,
                           "head": {"seq": result.head[0], "hash": result.head[1]},
-                          "problems": result.problems}, indent=2))
+                          "anchor": result.anchor, "problems": result.problems}, indent=2))
     else:
         for problem in result.problems:
             console.print(f"[bold red]TAMPERED[/] {problem}")
         status = "[green]intact[/]" if result.ok else "[bold red]NOT intact[/]"
         console.print(f"audit log {status}: {result.checked} records checked; head "
-                      f"{result.head[0]}:{result.head[1]}")
+                      f"{result.head[0]}:{result.head[1]}; anchor {result.anchor}")
     if not result.ok:
         raise typer.Exit(1)
 
@@ -248,6 +287,7 @@ def serve(
     """
     import uvicorn
 
+    from server.serving.audit_log import AuditKeyError
     from server.serving.auth import TokenService
     from server.serving.prometheus import MULTIPROC_ENV
     from server.serving.registry import RegistryError
@@ -260,7 +300,8 @@ def serve(
     try:  # fail here, with a clear message, rather than in every worker
         TokenService(settings.auth)
         _check_model(settings)
-    except (SettingsError, RegistryError, OSError) as exc:
+        _check_audit(settings)
+    except (SettingsError, RegistryError, OSError, AuditKeyError) as exc:
         _fail(exc)
     os.environ[WORKER_SETTINGS_ENV] = settings.to_worker_env()
     multiproc_dir = None
@@ -281,6 +322,16 @@ def serve(
     finally:
         if multiproc_dir:
             shutil.rmtree(multiproc_dir, ignore_errors=True)
+
+
+def _check_audit(settings: Any) -> None:
+    """Warn about a missing audit key or anchor; refuse a key the audit log was not
+    written with."""
+    from server.serving.audit_log import open_audit_log
+    from server.serving.database import open_database
+
+    _, sessions = open_database(settings.database_url)
+    open_audit_log(sessions, settings).check_writable()
 
 
 def _check_model(settings: Any) -> None:

@@ -9,6 +9,7 @@ on the audit log's unique sequence number plus a retry (see ``audit_log.py``).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -28,7 +29,13 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # Registry and audit log are the operator's only: a new directory 0700, the file
+        # 0600 from creation on (SQLite gives its -wal and -shm files the same mode).
+        path = Path(parsed.database).expanduser()
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        with contextlib.suppress(OSError):  # not ours to change: leave it as it is
+            path.chmod(0o600)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
@@ -50,7 +57,7 @@ def make_engine(url: str) -> Engine:
 
 def open_database(url: str) -> tuple[Engine, sessionmaker]:
     """Engine plus session factory, with every serving table created if absent."""
-    from server.serving import audit_log, registry  # noqa: F401  (register the tables)
+    from server.serving import audit_log, registry, revocation  # noqa: F401  (register the tables)
 
     engine = make_engine(url)
     Base.metadata.create_all(engine)

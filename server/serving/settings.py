@@ -20,6 +20,7 @@ from typing import Any
 # Worker processes rebuild their settings from this variable (see ``to_worker_env``).
 WORKER_SETTINGS_ENV = "CANCER_ALPHA_SERVE_SETTINGS_JSON"
 DEFAULT_DATABASE_URL = "sqlite:///runs/serving.db"
+MAX_LEEWAY_SECONDS = 300
 
 
 class SettingsError(ValueError):
@@ -41,7 +42,7 @@ class AuthSettings:
     audience: str = "cancer-alpha-serving"
     token_ttl_seconds: int = 3600
     max_token_ttl_seconds: int = 30 * 24 * 3600
-    leeway_seconds: int = 10
+    leeway_seconds: int = 10  # clock skew allowed for iat/nbf; exp is exact
 
 
 @dataclass
@@ -70,6 +71,9 @@ class ServingSettings:
     log_level: str = "info"
     audit_key: str = field(default="", repr=False)  # HMAC key for the audit chain
     audit_key_file: str = ""
+    # Signed head of the audit chain, kept apart from the database (audit_log.AuditAnchor);
+    # default: next to a SQLite database file; other databases must name one.
+    audit_anchor_file: str = ""
     auth: AuthSettings = field(default_factory=AuthSettings)
 
     # ------------------------------------------------------------------ loading
@@ -136,8 +140,23 @@ class ServingSettings:
             problems.append("ssl_keyfile and ssl_certfile must be given together")
         if self.auth.token_ttl_seconds < 1:
             problems.append("auth.token_ttl_seconds must be >= 1")
+        if not 0 <= self.auth.leeway_seconds <= MAX_LEEWAY_SECONDS:
+            problems.append(f"auth.leeway_seconds (clock skew allowed for iat/nbf) must be "
+                            f"in 0..{MAX_LEEWAY_SECONDS}")
         if problems:
             raise SettingsError("invalid serving configuration: " + "; ".join(problems))
+
+    def audit_anchor_path(self) -> Path | None:
+        """Where the audit anchor lives; ``None`` when the database has no file to sit
+        beside and none was named."""
+        if self.audit_anchor_file:
+            return Path(self.audit_anchor_file).expanduser()
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(f"{url.database}.audit-anchor.json").expanduser()
+        return None
 
     def threads_per_worker(self) -> int:
         if self.torch_threads:
@@ -177,10 +196,12 @@ _ENV = {
     "database_url": "CANCER_ALPHA_DATABASE_URL",
     "audit_key": "CANCER_ALPHA_AUDIT_KEY",
     "audit_key_file": "CANCER_ALPHA_AUDIT_KEY_FILE",
+    "audit_anchor_file": "CANCER_ALPHA_AUDIT_ANCHOR_FILE",
     **{
         f.name: f"CANCER_ALPHA_SERVE_{f.name.upper()}"
         for f in fields(ServingSettings)
-        if f.name not in ("database_url", "audit_key", "audit_key_file", "auth")
+        if f.name not in ("database_url", "audit_key", "audit_key_file", "audit_anchor_file",
+                          "auth")
     },
 }
 _AUTH_ENV = {f.name: f"CANCER_ALPHA_JWT_{f.name.upper()}" for f in fields(AuthSettings)}

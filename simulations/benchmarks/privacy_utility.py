@@ -6,7 +6,9 @@ For each seed, on one split (site partition):
   model and schedule (``RunConfig()``) without noise: the two references;
 * local DP (Opacus DP-SGD at every site, each site's budget epsilon) for each ``--epsilon``;
 * central DP (server clips site updates and noises their mean) at the same epsilons;
-* SecAgg+ combined with local DP at the largest epsilon.
+* SecAgg+ combined with local DP at the largest epsilon;
+* distributed DP (noise shares on clipped gradient sums, summed by SecAgg+) at each
+  epsilon, and its model and schedule without noise (``--epsilon`` of 1e6).
 
 Every DP run starts from an empty privacy ledger, and its sites accept noise
 multipliers up to 100 (the product's default refuses rounds above 10 as signal-free),
@@ -50,6 +52,9 @@ def configurations(epsilons: list[float]) -> dict[str, dict]:
         rows[f"central DP, eps {eps:g}"] = {"dp": "central", "epsilon": eps, "preset": "local"}
     top = max(epsilons)
     rows[f"SecAgg+ and local DP, eps {top:g}"] = {"dp": "local", "epsilon": top, "secagg": True}
+    for eps in epsilons:
+        rows[f"distributed DP, eps {eps:g}"] = {"dp": "distributed", "epsilon": eps}
+    rows["distributed DP, no noise (eps 1e6)"] = {"dp": "distributed", "epsilon": 1e6}
     return rows
 
 
@@ -82,6 +87,7 @@ def run_seed(data: str, seed: int, out: Path, rows: dict[str, dict]) -> dict:
             "wall_seconds": wall,
             "max_site_epsilon": max(eps.values()) if eps else None,
             "central_epsilon": (m.get("central_dp") or {}).get("epsilon_spent"),
+            "recall": {name: c["recall"] for name, c in m["test"]["per_class"].items()},
             "run_dir": str(run_dir),
         }
         logging.getLogger(__name__).warning("seed %d, %s: macro-F1 %.3f", seed, name,
@@ -195,6 +201,13 @@ def main() -> None:
           f"{local['_f1'] - same['_f1']:+.3f} (target: within -0.03)")
     print(f"wall time per round, local DP / no DP with the same model and schedule: "
           f"{local['_sec'] / same['_sec']:.2f}x")
+    classes = list(per_seed[0][next(iter(rows))]["recall"])
+    def mean_recall(name: str, c: str) -> str:
+        return f"{np.mean([seed[name]['recall'][c] for seed in per_seed]):.2f}"
+
+    print_markdown([{"method": name, **{c: mean_recall(name, c) for c in classes}}
+                    for name in rows],
+                   ["method", *classes], "Test recall per class (mean over seeds)")
     steps = step_times(args.data)
     print_markdown([{**r, **{k: f"{v:.2f}" for k, v in r.items() if k.endswith(("ms", "ratio"))}}
                     for r in steps],
@@ -202,7 +215,8 @@ def main() -> None:
                     "hooks_ms", "hooks_ratio"],
                    "One training step, DP-SGD vs plain (median ms; target ratio <= 1.5)")
     audited = ["no DP, default model", "no DP, DP model and schedule",
-               *[f"local DP, eps {e:g}" for e in args.epsilons]]
+               *[f"local DP, eps {e:g}" for e in args.epsilons],
+               *[f"distributed DP, eps {e:g}" for e in args.epsilons]]
     audits = []
     for name in audited:
         a = membership_inference(Path(per_seed[0][name]["run_dir"]))

@@ -1,14 +1,16 @@
 """Request bodies the prediction endpoints parse themselves, and how OpenAPI shows them.
 
-``/v1/predict`` and ``/v1/predict/batch`` validate their JSON with pydantic's own parser
-(faster than FastAPI's ``json.loads`` and then validating the objects), and the batch
-endpoint also accepts a CSV upload, so FastAPI does not see their request models. The
+``/v1/predict``, ``/v1/predict/batch`` and ``/v1/explain`` validate their JSON with
+pydantic's own parser (faster than FastAPI's ``json.loads`` and then validating the
+objects) and refuse repeated keys, and the batch endpoint also accepts a CSV upload, so
+FastAPI does not see their request models. The
 routes declare the bodies with ``openapi_extra``; :func:`document_parsed_bodies` adds
 the models those declarations refer to.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request, Response
@@ -23,7 +25,8 @@ _INLINE_PARSE_BYTES = 256 * 1024
 _M = TypeVar("_M", bound=BaseModel)
 
 # The request models parsed by the endpoints rather than by FastAPI.
-PARSED_BODIES: tuple[type[BaseModel], ...] = (s.PredictRequest, s.BatchPredictRequest)
+PARSED_BODIES: tuple[type[BaseModel], ...] = (s.PredictRequest, s.BatchPredictRequest,
+                                             s.ExplainRequest)
 
 INPUT_PROBLEMS: dict[int | str, dict[str, Any]] = {
     422: {"model": s.ErrorResponse, "description": "Invalid input (names the field)"},
@@ -31,17 +34,66 @@ INPUT_PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def parse_json_body(model: type[_M], request: Request) -> _M:
+async def parse_json_body(model: type[_M], request: Request,
+                          max_patients: int | None = None) -> _M:
     """The body validated as ``model``; errors become FastAPI's 422 with ``body``
-    locations."""
+    locations. Duplicate keys are refused (the content type was checked by the API's
+    middleware); with ``max_patients``, a body holding more patients is refused (413)
+    before it is parsed."""
     raw = await request.body()
+    if max_patients is not None:
+        # Every patient has exactly one "modalities" key: a count at memory speed
+        # instead of parsing tens of megabytes only to refuse them.
+        check_batch_size(raw.count(b'"modalities"'), max_patients, ["body", "patients"])
     try:
         if len(raw) > _INLINE_PARSE_BYTES:  # keep the event loop free for big batches
-            return await run_in_threadpool(model.model_validate_json, raw)
-        return model.model_validate_json(raw)
+            parsed = await run_in_threadpool(model.model_validate_json, raw)
+        else:
+            parsed = model.model_validate_json(raw)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+    if _raw_key_count(raw) != _parsed_key_count(parsed):
+        # Counts differ when a key repeats (pydantic keeps the last value) or the JSON is
+        # spaced unusually: only then pay for the exact, slower check.
+        await run_in_threadpool(_refuse_duplicate_keys, raw)
+    return parsed
+
+
+def _raw_key_count(raw: bytes) -> int:
+    # A key is a string followed by a colon; values never are (strings containing '":'
+    # only make the counts differ, which costs the exact check, not a wrong answer).
+    return sum(raw.count(sep) for sep in (b'":', b'" :', b'"\n:', b'"\t:', b'"\r:'))
+
+
+def _parsed_key_count(value: Any) -> int:
+    if isinstance(value, BaseModel):
+        return sum(1 + _parsed_key_count(getattr(value, f)) for f in value.model_fields_set)
+    if isinstance(value, dict):
+        return len(value) + sum(_parsed_key_count(v) for v in value.values()
+                                if isinstance(v, dict | list | BaseModel))
+    if isinstance(value, list):
+        return sum(_parsed_key_count(v) for v in value)
+    return 0
+
+
+def _refuse_duplicate_keys(raw: bytes) -> None:
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InputError([{"loc": ["body"], "type": "duplicate_key",
+                                   "msg": f"key {key[:100]!r} appears more than once in "
+                                   "one object"}])
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(raw, object_pairs_hook=unique)
+    except InputError:
+        raise
+    except (ValueError, RecursionError):
+        pass  # pydantic's parser took what the standard one does not: no key repeated
 
 
 def json_response(model: BaseModel) -> Response:

@@ -26,6 +26,7 @@ from server.serving.batching import MicroBatcher
 from server.serving.predictor import Predictor
 from server.serving.prometheus import ServingMetrics
 from server.serving.registry import Registry
+from server.serving.revocation import RevocationList
 from server.serving.settings import ServingSettings
 
 
@@ -41,6 +42,7 @@ class ServingState:
     predictor: Predictor
     metrics: ServingMetrics
     batcher: MicroBatcher  # forward passes and audit records of predictions
+    revocations: RevocationList | None = None  # revoked token ids (None: none kept)
 
 
 # ------------------------------------------------------------------ the serving state
@@ -103,11 +105,15 @@ async def current_principal(
     """The caller of a verified bearer token; 401 without one."""
     if cred is None:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    state = _state(request)
     try:
-        return _state(request).tokens.verify(cred.credentials)
+        principal = state.tokens.verify(cred.credentials)
+        if state.revocations is not None and state.revocations.is_revoked(principal.token_id):
+            raise AuthError("token revoked")
     except AuthError as exc:
         raise HTTPException(401, str(exc), headers={
             "WWW-Authenticate": 'Bearer error="invalid_token"'}) from exc
+    return principal
 
 
 RoleCheck = Callable[..., Awaitable[Principal]]

@@ -1,5 +1,5 @@
-"""The one middleware of the API: request id, body size limit, and per-route
-request, latency and error metrics."""
+"""The one middleware of the API: request id, body size limit, body content type, and
+per-route request, latency and error metrics."""
 
 from __future__ import annotations
 
@@ -76,6 +76,10 @@ class ObserveMiddleware:
         try:
             if length > self.max_body:
                 await _too_large(send_with_id, self.max_body)
+            elif (refused := _unsupported_media(scope, headers)) is not None:
+                await _answer(send_with_id, 415, [{
+                    "loc": ["header", "content-type"], "type": "unsupported_media_type",
+                    "msg": f"send the body as {refused}"}])
             else:
                 await self.app(scope, receive_limited, send_with_id)
         finally:
@@ -91,6 +95,29 @@ class ObserveMiddleware:
 
 async def _too_large(send: Send, limit: int) -> None:
     """Answer 413 without reading a body whose Content-Length is over the limit."""
-    body = JSONResponse(status_code=413, content={"detail": _too_large_detail(limit)})
-    await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+    await _answer(send, 413, _too_large_detail(limit))
+
+
+async def _answer(send: Send, status: int, detail: list[dict[str, object]]) -> None:
+    body = JSONResponse(status_code=status, content={"detail": detail})
+    await send({"type": "http.response.start", "status": status, "headers": body.raw_headers})
     await send({"type": "http.response.body", "body": body.body})
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_MULTIPART_PATHS = frozenset({"/v1/predict/batch"})  # CSV uploads
+
+
+def _unsupported_media(scope: Scope, headers: dict[bytes, bytes]) -> str | None:
+    """What an API request with a body must be sent as, if it was sent as anything
+    else (``text/plain``, no content type ...); ``None`` when it is fine."""
+    if scope["method"] not in _BODY_METHODS or not scope["path"].startswith("/v1/"):
+        return None
+    media = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    if media == b"application/json" or (media.startswith(b"application/")
+                                        and media.endswith(b"+json")):
+        return None
+    if scope["path"] in _MULTIPART_PATHS:
+        return None if media == b"multipart/form-data" else \
+            "application/json or multipart/form-data"
+    return "application/json"

@@ -57,16 +57,27 @@ async def read_csv_upload(
     finally:
         await form.close()
     if data is None:
-        raise InputError([_finding_error(f) for f in report.errors][:20])
+        raise InputError([_finding_error(f, tmp) for f in report.errors][:20])
     check_batch_size(data.n, max_batch, ["body", "files"])
     x, mask = await run_in_threadpool(predictor.prepare_data, data)
-    return x, mask, [str(p) for p in data.patient_ids], [str(f) for f in report.warnings]
+    return x, mask, [str(p) for p in data.patient_ids], \
+        [client_text(str(f), tmp) for f in report.warnings]
 
 
-def _finding_error(f: Any) -> dict[str, Any]:
+def _finding_error(f: Any, tmp: str) -> dict[str, Any]:
     """A dataset finding as a 422 error item located in the uploaded file."""
     loc: list[str | int] = ["body", "files"]
-    loc += [x for x in (f.file, f.column) if x is not None]
+    loc += [client_text(str(x), tmp) for x in (f.file, f.column) if x is not None]
     if f.row is not None:
         loc.append(f"row {f.row}")
-    return {"loc": loc, "msg": str(f), "type": "dataset"}
+    return {"loc": loc, "msg": client_text(str(f), tmp), "type": "dataset"}
+
+
+_NUMPY_REPR = re.compile(r"\bnp\.[a-z_0-9]+\(([^()]*)\)")
+
+
+def client_text(text: str, tmp: str) -> str:
+    """A message about an upload as its sender should read it: file names without the
+    server's temporary directory, values without NumPy's ``np.str_(...)`` wrappers."""
+    text = text.replace(tmp.rstrip("/") + "/", "").replace(tmp, "upload")
+    return _NUMPY_REPR.sub(r"\1", text)

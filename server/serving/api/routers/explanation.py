@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 
 from server.serving import schemas as s
-from server.serving.api.bodies import INPUT_PROBLEMS
+from server.serving.api.bodies import INPUT_PROBLEMS, json_body, parse_json_body
 from server.serving.api.deps import (
     AuditDep,
     MetricsDep,
@@ -16,17 +17,31 @@ from server.serving.api.deps import (
     SettingsDep,
 )
 from server.serving.api.records import audit_entry, count_predictions, model_ref
-from server.serving.predictor import InputError
+from server.serving.audit_log import AuditLog
+from server.serving.auth import Principal
+from server.serving.predictor import InputError, Predictor
+from server.serving.prometheus import ServingMetrics
+from server.serving.settings import ServingSettings
 
 router = APIRouter(prefix="/v1", tags=["prediction"])
 
 
-@router.post("/explain", response_model=s.ExplainResponse, responses=INPUT_PROBLEMS)
-def explain_endpoint(body: s.ExplainRequest, request: Request, who: Researcher,
-                     predictor: PredictorDep, settings: SettingsDep, audit: AuditDep,
-                     prometheus: MetricsDep) -> s.ExplainResponse:
+@router.post("/explain", response_model=s.ExplainResponse, responses=INPUT_PROBLEMS,
+             openapi_extra=json_body(s.ExplainRequest))
+async def explain_endpoint(request: Request, who: Researcher, predictor: PredictorDep,
+                           settings: SettingsDep, audit: AuditDep,
+                           prometheus: MetricsDep) -> s.ExplainResponse:
     """Integrated-gradients attributions per feature and per modality, with the model's
     learned modality weights (roles: researcher)."""
+    # Parsed here, like the prediction bodies: a repeated key is refused, not resolved.
+    body = await parse_json_body(s.ExplainRequest, request)
+    return await run_in_threadpool(_explain, body, request, who, predictor, settings, audit,
+                                   prometheus)
+
+
+def _explain(body: s.ExplainRequest, request: Request, who: Principal, predictor: Predictor,
+             settings: ServingSettings, audit: AuditLog,
+             prometheus: ServingMetrics) -> s.ExplainResponse:
     from server.serving.explain import explain
 
     if body.steps > settings.max_explain_steps:

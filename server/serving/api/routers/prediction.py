@@ -71,7 +71,8 @@ async def predict_batch(request: Request, who: Researcher, predictor: PredictorD
         loc: tuple[str, ...] = ("body", "files")
         source = "csv"
     else:
-        req = await parse_json_body(s.BatchPredictRequest, request)
+        req = await parse_json_body(s.BatchPredictRequest, request,
+                                    max_patients=settings.max_batch)
         check_batch_size(len(req.patients), settings.max_batch, ["body", "patients"])
         x, mask = await run_in_threadpool(
             predictor.encode, [p.modalities for p in req.patients], ("body", "patients"),

@@ -1,0 +1,133 @@
+"""A site's release in a distributed-DP run: one noised vector, checked against its budget.
+
+Every task of a distributed-DP round (:data:`common.protocol.TRAIN_TASK` and the others)
+yields one vector the site sends only through SecAgg+, each part with the site's share of
+the run's Gaussian noise (:func:`client.distributed_dp.noise_share_std`):
+
+* ``class-counts``: ``[class counts]``;
+* ``train``: the clipped gradient sum of every weight tensor, in ``state_dict`` order;
+* ``validate`` (once, after the last round): ``[confusion counts]`` of the final model.
+
+Before adding noise the site checks that the releases fit its own budget with its
+persistent ledger (:mod:`client.privacy`) and records them there; a release that does
+not fit raises :class:`client.dp.RoundRefused`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from client.dp import RoundRefused, SitePrivacy
+from client.site import Site
+from common.consortium_setup import ConsortiumSetup
+from common.distributed_dp import NoisePlan
+from common.protocol import CLASS_COUNTS_TASK, TRAIN_TASK, VALIDATE_TASK, RoundConfig
+
+logger = logging.getLogger(__name__)
+
+FULL_BATCH = 1.0  # every release covers all of the site's patients (sampling rate 1)
+
+
+@dataclass
+class Release:
+    """What the site sends through SecAgg+ and what it spent."""
+
+    vector: list[np.ndarray]
+    epsilon: float  # the site's cumulative spend after this release
+    delta: float
+
+
+def release(site: Site, rc: RoundConfig, cfg: Any, privacy: SitePrivacy, *,
+            setup: ConsortiumSetup | None, state: dict[str, Any] | None,
+            run_id: str) -> Release:
+    """The site's noised vector for ``rc.task``; raises RoundRefused past its budget."""
+    plan = rc.noise_plan
+    if plan is None:
+        raise ValueError("a distributed-DP round without a noise plan")
+    if rc.task == CLASS_COUNTS_TASK:
+        noises = [plan.count_noise]
+    elif rc.task == VALIDATE_TASK:
+        noises = [plan.validation_noise]
+    elif rc.task == TRAIN_TASK:
+        noises = [plan.gradient_noise]
+    else:
+        raise ValueError(f"unknown distributed-DP task {rc.task!r}")
+    _check_budget(privacy, plan, noises)
+    if rc.task == CLASS_COUNTS_TASK:
+        labels = site.train.labels
+        assert labels is not None
+        counts = np.bincount(labels, minlength=len(site.train.schema.label_names))
+        vector = [_noised(counts.astype(np.float64), plan.count_noise, 1.0, plan, privacy)]
+    else:
+        if setup is None or state is None:
+            raise ValueError(f"task {rc.task!r} needs the consortium setup and the weights")
+        vector = _model_release(site, rc, cfg, plan, privacy, setup, state)
+    _record(privacy, noises, run_id, rc.server_round)
+    spent = privacy.ledger.epsilon(privacy.budget.delta)
+    logger.info("round %d (%s): released a noised sum; epsilon %.3f of %.3f", rc.server_round,
+                rc.task, spent, privacy.budget.epsilon)
+    return Release(vector, spent, privacy.budget.delta)
+
+
+def withheld(rc: RoundConfig, received: list[np.ndarray], n_classes: int) -> list[np.ndarray]:
+    """Zeros shaped like the release ``rc`` asks for (a refusing site's masked vector)."""
+    if rc.task == VALIDATE_TASK:
+        return [np.zeros(n_classes * n_classes)]
+    return [np.zeros(a.shape) for a in received]
+
+
+def _model_release(site: Site, rc: RoundConfig, cfg: Any, plan: NoisePlan,
+                   privacy: SitePrivacy, setup: ConsortiumSetup, state: dict[str, Any]
+                   ) -> list[np.ndarray]:
+    import torch
+
+    from client.distributed_dp import clipped_gradient_sum, flatten_in_order
+    from client.site import prepared, site_model, validation_metrics
+    from common.training import select_device, tensors
+
+    device = select_device(site.device or cfg.train.device)
+    model = site_model(setup, cfg, state).to(device)
+    if rc.task == VALIDATE_TASK:
+        metrics = validation_metrics(model, site, setup)
+        assert metrics.confusion is not None
+        return [_noised(metrics.confusion.ravel().astype(np.float64), plan.validation_noise,
+                        1.0, plan, privacy)]
+    x, mask, y = (t.to(device) for t in tensors(prepared(site.train, setup)))
+    log_prior = torch.as_tensor(np.log(setup.class_prior), dtype=torch.float32, device=device)
+    sums, _ = clipped_gradient_sum(model, x, mask, y, log_prior, plan.clip)
+    grads = flatten_in_order(sums, state)
+    return [_noised(g, plan.gradient_noise, plan.clip, plan, privacy) for g in grads]
+
+
+def _noised(values: np.ndarray, noise_multiplier: float, sensitivity: float, plan: NoisePlan,
+            privacy: SitePrivacy) -> np.ndarray:
+    from client.distributed_dp import gaussian_share, noise_share_std
+
+    std = noise_share_std(noise_multiplier, sensitivity, plan.min_sites)
+    # The site's floor: its share alone keeps this much noise, whatever others do.
+    std = max(std, privacy.noise_floor * sensitivity)
+    return values + gaussian_share(values.shape, std)
+
+
+def _check_budget(privacy: SitePrivacy, plan: NoisePlan, noises: list[float]) -> None:
+    budget = privacy.budget
+    after = privacy.ledger.epsilon_with([(s, FULL_BATCH, 1) for s in noises], budget.delta)
+    if after > budget.epsilon:
+        spent = privacy.ledger.epsilon(budget.delta)
+        raise RoundRefused(f"release would bring epsilon to {after:.4g} > budget "
+                           f"{budget.epsilon:.4g} (spent {spent:.4g}, delta {budget.delta:.3g})")
+
+
+def _record(privacy: SitePrivacy, noises: list[float], run_id: str, server_round: int) -> None:
+    from client.privacy import LedgerEntry
+
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    for sigma in noises:
+        privacy.ledger.record(LedgerEntry(
+            run_id=run_id, round=server_round, noise_multiplier=sigma,
+            sample_rate=FULL_BATCH, steps=1, timestamp=stamp, delta=privacy.budget.delta))

@@ -1,0 +1,108 @@
+"""The noise plan of a distributed-DP run, shared by the coordinator and the sites.
+
+A distributed-DP run releases, through secure aggregation, only noised consortium sums:
+
+* once, the class counts of the training patients (sensitivity 1);
+* every round, the sum of the training patients' clipped gradients (sensitivity ``clip``);
+* once, after the last round, the validation confusion counts of the final model
+  (sensitivity 1). Rounds are not compared on validation: a noised confusion matrix per
+  round would cost budget the gradient steps need, and the learning rate decays to the
+  last round, which is the run's model.
+
+Each release is a full-batch Gaussian mechanism (sampling rate 1), so Rényi DP composes
+them exactly: the run is as private as one Gaussian release with noise multiplier
+``sigma_run``, where ``1 / sigma_run**2`` is the sum of ``1 / sigma_j**2`` over the
+releases. The plan gives each kind of release a fixed share of that sum
+(:data:`BUDGET_SHARES`) and calibrates ``sigma_run`` to the run's (epsilon, delta).
+Every site checks each release against its own ledger and budget before it adds its
+noise share; the plan only proposes the noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+# Shares of the run's privacy budget (of its summed 1 / sigma**2): the gradient steps
+# get most; validation and the class counts are one release of a few numbers each.
+BUDGET_SHARES = {"gradients": 0.85, "validation": 0.10, "class-counts": 0.05}
+# The delta of distributed DP when the run config leaves it 0: the consortium is one
+# Gaussian mechanism over all its patients.
+DEFAULT_DELTA = 1e-5
+
+
+@dataclass(frozen=True)
+class NoisePlan:
+    """Noise multipliers of every release of one distributed-DP run."""
+
+    epsilon: float
+    delta: float
+    rounds: int
+    clip: float  # L2 bound of one patient's gradient
+    min_sites: int  # the shares are sized so that this many sites reach the full noise
+    gradient_noise: float  # noise multiplier of one round's gradient sum (x clip)
+    validation_noise: float  # of the final model's confusion counts
+    count_noise: float  # of the class counts
+
+    @classmethod
+    def calibrate(cls, epsilon: float, delta: float, rounds: int, clip: float,
+                  min_sites: int) -> NoisePlan:
+        """The plan that spends exactly (``epsilon``, ``delta``) over ``rounds``."""
+        if rounds < 1 or min_sites < 1 or not clip > 0:
+            raise ValueError(f"distributed DP needs rounds >= 1, min_sites >= 1 and clip > 0 "
+                             f"(got {rounds}, {min_sites}, {clip})")
+        sigma = gaussian_noise_for(epsilon, delta)
+        share = BUDGET_SHARES
+        return cls(
+            epsilon=epsilon, delta=delta, rounds=rounds, clip=clip, min_sites=min_sites,
+            gradient_noise=sigma * math.sqrt(rounds / share["gradients"]),
+            validation_noise=sigma * math.sqrt(1.0 / share["validation"]),
+            count_noise=sigma * math.sqrt(1.0 / share["class-counts"]),
+        )
+
+    def releases(self) -> list[tuple[float, int]]:
+        """``(noise multiplier, count)`` of every release the plan makes."""
+        return [(self.count_noise, 1), (self.gradient_noise, self.rounds),
+                (self.validation_noise, 1)]
+
+    def epsilon_spent(self) -> float:
+        """The epsilon of all the plan's releases at its delta (equals ``epsilon``, up to
+        the calibration's tolerance)."""
+        return gaussian_epsilon(self.releases(), self.delta)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def gaussian_epsilon(releases: list[tuple[float, int]], delta: float) -> float:
+    """Epsilon at ``delta`` of full-batch Gaussian releases ``(noise multiplier, count)``,
+    by Opacus' RDP analysis."""
+    import warnings
+
+    from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis import rdp as analysis
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    total = sum(analysis.compute_rdp(q=1.0, noise_multiplier=sigma, steps=count, orders=orders)
+                for sigma, count in releases)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "optimal order is the largest alpha"
+        eps, _ = analysis.get_privacy_spent(orders=orders, rdp=total, delta=delta)
+    return float(eps)
+
+
+def gaussian_noise_for(epsilon: float, delta: float) -> float:
+    """The smallest noise multiplier (to 1e-4) of one full-batch Gaussian release that
+    is (``epsilon``, ``delta``)-DP."""
+    if not (epsilon > 0 and math.isfinite(epsilon)) or not 0 < delta < 1:
+        raise ValueError(f"need a finite epsilon > 0 and 0 < delta < 1, got {epsilon}, {delta}")
+    lo, hi = 1e-3, 1e3
+    if gaussian_epsilon([(hi, 1)], delta) > epsilon:
+        raise ValueError(f"epsilon {epsilon} is too small to calibrate at delta {delta}")
+    while hi - lo > 1e-4:
+        mid = (lo + hi) / 2
+        if gaussian_epsilon([(mid, 1)], delta) <= epsilon:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -1,0 +1,162 @@
+"""The coordinator's side of distributed DP: plan the noise, open the noised sums, step.
+
+Every value a site releases in a distributed-DP run reaches the coordinator only as a
+consortium sum through SecAgg+, already carrying Gaussian noise the sites added
+(:mod:`client.distributed_round`). The coordinator:
+
+* calibrates the run's :class:`~common.distributed_dp.NoisePlan` from its (epsilon,
+  delta), rounds and clipping bound, with shares sized for every site that joined;
+* asks for the noised class counts once, for the class prior of the logit-adjusted loss
+  and the patient count the gradient sum is divided by;
+* each round, turns the noised gradient sum into a gradient step: the aggregate handed to
+  the strategy is ``global - lr * sum / patients``, so FedAvg adopts the step and FedAvgM
+  adds server momentum (post-processing, which costs no privacy);
+* after the last round, turns the final model's noised validation confusion counts into
+  one pooled validation reply. The run's model is the last round's: rounds are not
+  ranked on validation (see :mod:`common.distributed_dp`).
+
+A round whose sum holds fewer sites than the shares were sized for carries less noise
+than accounted: it is discarded, never used.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, RecordDict
+
+from common.config import RunConfig, TrainConfig
+from common.distributed_dp import DEFAULT_DELTA, NoisePlan
+from common.protocol import METRICS, SITE, SiteMetrics, site_record, to_array
+from server.secagg import SecAggSettings, SecureRound
+
+logger = logging.getLogger(__name__)
+
+# Fixed-point range of the masked values: gradient sums and counts of a site's patients
+# plus its noise share. Precision over this range stays about 1e-4 with Flower's 2**22
+# quantization levels, far below the noise.
+SUM_CLIPPING_RANGE = 256.0
+# Site name of the pooled validation reply (one noised sum, not a site).
+NOISED_SUM = "consortium (noised sum)"
+
+
+def noise_plan_for(cfg: RunConfig, sites: int) -> NoisePlan:
+    """The run's noise plan: shares sized for ``sites`` (every site that joined)."""
+    plan = NoisePlan.calibrate(cfg.epsilon, cfg.delta or DEFAULT_DELTA, cfg.rounds,
+                               cfg.max_grad_norm, sites)
+    logger.info("distributed DP: epsilon %g at delta %g over %d rounds; noise multipliers "
+                "%.3f (gradients), %.3f (validation), %.3f (class counts); shares sized "
+                "for %d sites", plan.epsilon, plan.delta, plan.rounds, plan.gradient_noise,
+                plan.validation_noise, plan.count_noise, sites)
+    return plan
+
+
+def summed(secure: SecureRound) -> list[np.ndarray] | None:
+    """The sites' noised vectors added up (SecAgg+ yields their mean: each site sends
+    weight 1)."""
+    if secure.mean_update is None or secure.accepted == 0:
+        return None
+    return [np.asarray(v, dtype=np.float64) * secure.accepted for v in secure.mean_update]
+
+
+def too_few_sites(secure: SecureRound, plan: NoisePlan) -> str | None:
+    """Why the round's sum must be discarded, or None when it carries the full noise."""
+    if secure.accepted >= plan.min_sites:
+        return None
+    return (f"the sum holds {secure.accepted} sites, the noise shares are sized for "
+            f"{plan.min_sites}: discarded, not used (it would carry less noise than "
+            "accounted)")
+
+
+def class_prior(counts: np.ndarray) -> tuple[np.ndarray, float]:
+    """Class frequencies and the patient total from noised counts (each at least 1:
+    a noised count can be negative, and log(0) would end training)."""
+    clean = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    total = float(clean.sum())
+    return clean / total, total
+
+
+@dataclass
+class GradientStep:
+    """Turns a round's noised gradient sum into the aggregate the strategy adopts."""
+
+    patients: float  # noised total of training patients
+    learning_rate: float
+
+    def aggregate(self, global_arrays: ArrayRecord, gradient_sums: list[np.ndarray]
+                  ) -> ArrayRecord:
+        keys = list(global_arrays.keys())
+        if len(gradient_sums) != len(keys):
+            raise ValueError(f"noised sum has {len(gradient_sums)} gradient tensors, the "
+                             f"model {len(keys)}")
+        out = {}
+        for key, grad in zip(keys, gradient_sums, strict=True):
+            weights = global_arrays[key].numpy()
+            step = self.learning_rate * grad.reshape(weights.shape) / self.patients
+            out[key] = to_array((weights - step).astype(weights.dtype))
+        return ArrayRecord(out)
+
+
+def validation_reply(confusion_sum: np.ndarray, n_classes: int, request: Message) -> Message:
+    """The noised pooled confusion counts as one validation reply (rounded, clipped at 0:
+    post-processing of the noised sum)."""
+    confusion = np.maximum(np.rint(confusion_sum.reshape(n_classes, n_classes)), 0)
+    confusion = confusion.astype(np.int64)
+    n = int(confusion.sum())
+    # No loss is released (its sensitivity is unbounded): selection uses macro-F1 alone.
+    metrics = SiteMetrics(num_examples=n, val_examples=n, val_loss_sum=0.0, confusion=confusion)
+    return Message(content=RecordDict({METRICS: metrics.to_record(),
+                                       SITE: site_record(NOISED_SUM)}), reply_to=request)
+
+
+def secagg_settings(cfg: RunConfig, sites: int, timeout: float) -> SecAggSettings:
+    """SecAgg+ for noised sums: a wide fixed-point range, and unmasking that needs the
+    sites the noise shares are sized for."""
+    # Every site: the shares are sized for all the sites that joined.
+    threshold = 1.0 if sites else cfg.secagg_threshold
+    return SecAggSettings(threshold=threshold, clipping_range=SUM_CLIPPING_RANGE,
+                          timeout=timeout)
+
+
+@dataclass
+class DistributedRun:
+    """What the round executor needs to open a distributed-DP run's noised sums."""
+
+    plan: NoisePlan
+    patients: float
+    n_classes: int
+    train: TrainConfig  # the step's learning rate and its schedule over the run
+
+    @classmethod
+    def of(cls, outcome_record: dict, cfg: RunConfig, n_classes: int) -> DistributedRun:
+        return cls(NoisePlan(**outcome_record["noise_plan"]), float(outcome_record["patients"]),
+                   n_classes, cfg.train)
+
+    def learning_rate(self, server_round: int) -> float:
+        from common.optimization import lr_at
+
+        return lr_at((server_round - 1) / self.plan.rounds, self.train)
+
+    def open_training(self, secure: SecureRound, global_arrays: ArrayRecord,
+                      server_round: int) -> None:
+        """Set ``secure.aggregate`` to the gradient step, or leave it None when the sum
+        must be discarded."""
+        secure.aggregate = None
+        problem = too_few_sites(secure, self.plan)
+        sums = summed(secure)
+        if problem is not None or sums is None:
+            if problem is not None:
+                secure.rejected.append({"site": NOISED_SUM, "reason": problem})
+            return
+        step = GradientStep(self.patients, self.learning_rate(server_round))
+        secure.aggregate = step.aggregate(global_arrays, sums)
+        secure.num_examples = secure.accepted  # weight of the one consortium reply
+
+    def open_validation(self, secure: SecureRound, request: Message) -> Message | None:
+        """The pooled validation reply of a validate-only round, or None."""
+        sums = summed(secure)
+        if too_few_sites(secure, self.plan) is not None or sums is None:
+            return None
+        return validation_reply(sums[0], self.n_classes, request)
