@@ -128,22 +128,22 @@ def build_client_app(
                       "for distributed DP")
             return Message(Error(code=CLIENT_APP_RAISED_EXCEPTION, reason=reason),
                            reply_to=msg)
+        received = secagg.received_arrays(msg.content)
         setup = state = None
         if rc.task != CLASS_COUNTS_TASK:
             try:
                 setup = ConsortiumSetup.stored(context.state, rc.setup_digest)
             except SetupMissing as exc:
                 return setup_missing_reply(msg, exc)
-            state = secagg.received_state(msg.content, initial_state(setup, cfg))
+            state = secagg.as_state(received, initial_state(setup, cfg))
         privacy = site_privacy(site.name, site.train.n, dict(context.node_config), cfg)
         assert privacy is not None
-        template = secagg.received_arrays(msg.content)
         try:
             out = release(site, rc, cfg, privacy, setup=setup, state=state,
                           run_id=str(msg.metadata.run_id))
         except RoundRefused as exc:
             # Weight 0 and zeros of the release's shapes: the sum is unchanged.
-            zeros = withheld(rc, template, site.train.schema.n_classes)
+            zeros = withheld(rc, received, site.train.schema.n_classes)
             return Message(content=secagg.with_masked_update(refusal(site.name, str(exc)),
                                                              zeros, 0), reply_to=msg)
         metrics = SiteMetrics(num_examples=1, epsilon=out.epsilon, delta=out.delta)

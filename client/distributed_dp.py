@@ -68,11 +68,12 @@ def clipped_gradient_sum(
     buffers = {k: b.detach() for k, b in model.named_buffers()}
 
     def patient_loss(p: dict[str, torch.Tensor], xi: torch.Tensor, mi: torch.Tensor,
-                     yi: torch.Tensor) -> torch.Tensor:
+                     yi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = functional_call(model, (p, buffers), (xi[None], mi[None]))
-        return nn.functional.cross_entropy(logits + log_prior, yi[None])
+        loss = nn.functional.cross_entropy(logits + log_prior, yi[None])
+        return loss, loss.detach()  # the loss rides along as grad's auxiliary output
 
-    per_patient = vmap(grad(patient_loss, has_aux=False), in_dims=(None, 0, 0, 0),
+    per_patient = vmap(grad(patient_loss, has_aux=True), in_dims=(None, 0, 0, 0),
                        randomness="different")
     sums = {k: torch.zeros_like(p) for k, p in params.items()}
     loss_sum = 0.0
@@ -81,15 +82,12 @@ def clipped_gradient_sum(
     try:
         for start in range(0, len(y), chunk):
             sl = slice(start, start + chunk)
-            grads = per_patient(params, x[sl], mask[sl], y[sl])
+            grads, losses = per_patient(params, x[sl], mask[sl], y[sl])
             norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(dim=1) for g in grads.values()))
             scale = (clip / (norms + 1e-12)).clamp(max=1.0)
             for k, g in grads.items():
                 sums[k] += torch.einsum("b,b...->...", scale, g)
-            with torch.no_grad():
-                logits = model(x[sl], mask[sl])
-                loss_sum += float(nn.functional.cross_entropy(logits + log_prior, y[sl],
-                                                              reduction="sum"))
+            loss_sum += float(losses.sum())
     finally:
         model.train(was_training)
     return sums, loss_sum

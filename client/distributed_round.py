@@ -24,6 +24,7 @@ import numpy as np
 
 from client.dp import RoundRefused, SitePrivacy
 from client.site import Site
+from common.config import RunConfig
 from common.consortium_setup import ConsortiumSetup
 from common.distributed_dp import NoisePlan
 from common.protocol import CLASS_COUNTS_TASK, TRAIN_TASK, VALIDATE_TASK, RoundConfig
@@ -42,7 +43,7 @@ class Release:
     delta: float
 
 
-def release(site: Site, rc: RoundConfig, cfg: Any, privacy: SitePrivacy, *,
+def release(site: Site, rc: RoundConfig, cfg: RunConfig, privacy: SitePrivacy, *,
             setup: ConsortiumSetup | None, state: dict[str, Any] | None,
             run_id: str) -> Release:
     """The site's noised vector for ``rc.task``; raises RoundRefused past its budget."""
@@ -57,7 +58,7 @@ def release(site: Site, rc: RoundConfig, cfg: Any, privacy: SitePrivacy, *,
         noises = [plan.gradient_noise]
     else:
         raise ValueError(f"unknown distributed-DP task {rc.task!r}")
-    _check_budget(privacy, plan, noises)
+    _check_budget(privacy, noises)
     if rc.task == CLASS_COUNTS_TASK:
         labels = site.train.labels
         assert labels is not None
@@ -81,7 +82,7 @@ def withheld(rc: RoundConfig, received: list[np.ndarray], n_classes: int) -> lis
     return [np.zeros(a.shape) for a in received]
 
 
-def _model_release(site: Site, rc: RoundConfig, cfg: Any, plan: NoisePlan,
+def _model_release(site: Site, rc: RoundConfig, cfg: RunConfig, plan: NoisePlan,
                    privacy: SitePrivacy, setup: ConsortiumSetup, state: dict[str, Any]
                    ) -> list[np.ndarray]:
     import torch
@@ -114,7 +115,7 @@ def _noised(values: np.ndarray, noise_multiplier: float, sensitivity: float, pla
     return values + gaussian_share(values.shape, std)
 
 
-def _check_budget(privacy: SitePrivacy, plan: NoisePlan, noises: list[float]) -> None:
+def _check_budget(privacy: SitePrivacy, noises: list[float]) -> None:
     budget = privacy.budget
     after = privacy.ledger.epsilon_with([(s, FULL_BATCH, 1) for s in noises], budget.delta)
     if after > budget.epsilon:

@@ -48,14 +48,18 @@ def received_arrays(content: RecordDict) -> list[np.ndarray]:
 
 
 def received_state(content: RecordDict, template: dict[str, Any]) -> dict[str, Any]:
-    """The global weights of a secure round, named and shaped like ``template``.
+    """The global weights of a secure round, named and shaped like ``template``."""
+    return as_state(received_arrays(content), template)
+
+
+def as_state(arrays: list[np.ndarray], template: dict[str, Any]) -> dict[str, Any]:
+    """``arrays`` named and shaped like ``template``.
 
     Legacy parameters are an unnamed list; both sides order it like the model's
     ``state_dict``, which the consortium schema and model config determine.
     """
     import torch
 
-    arrays = received_arrays(content)
     if len(arrays) != len(template):
         raise ValueError(f"secure round: received {len(arrays)} weight tensors, the model "
                          f"has {len(template)}")

@@ -132,7 +132,7 @@ def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
     secure = secure_train_round(
         grid, 0, ArrayRecord({CLASS_COUNTS_TASK: to_array(np.zeros(n_classes))}),
         sorted(nodes), config, max_weight=1,
-        settings=secagg_settings(cfg, len(descriptions), timeout))
+        settings=secagg_settings(timeout))
     problem = too_few_sites(secure, plan)
     counts = summed(secure)
     if problem is not None or counts is None:

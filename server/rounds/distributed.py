@@ -111,13 +111,10 @@ def validation_reply(confusion_sum: np.ndarray, n_classes: int, request: Message
                                        SITE: site_record(NOISED_SUM)}), reply_to=request)
 
 
-def secagg_settings(cfg: RunConfig, sites: int, timeout: float) -> SecAggSettings:
-    """SecAgg+ for noised sums: a wide fixed-point range, and unmasking that needs the
-    sites the noise shares are sized for."""
-    # Every site: the shares are sized for all the sites that joined.
-    threshold = 1.0 if sites else cfg.secagg_threshold
-    return SecAggSettings(threshold=threshold, clipping_range=SUM_CLIPPING_RANGE,
-                          timeout=timeout)
+def secagg_settings(timeout: float) -> SecAggSettings:
+    """SecAgg+ for noised sums: a wide fixed-point range, and unmasking that needs every
+    site (the noise shares are sized for all the sites that joined)."""
+    return SecAggSettings(threshold=1.0, clipping_range=SUM_CLIPPING_RANGE, timeout=timeout)
 
 
 @dataclass

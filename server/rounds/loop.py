@@ -133,7 +133,7 @@ class _Run:
 
             self.distributed = DistributedRun.of(self.outcome.distributed_dp, cfg,
                                                  self.outcome.schema.n_classes)
-            secagg = secagg_settings(cfg, self.distributed.plan.min_sites, timeout)
+            secagg = secagg_settings(timeout)
             max_weight = 1  # every site's noised sum counts once
         else:
             secagg = (SecAggSettings(cfg.secagg_threshold, timeout=timeout)
