@@ -44,7 +44,7 @@ def build_client_app(
     def setup_site(context: Context):
         import torch  # noqa: F401 - Flower converts weights only once torch is imported
 
-        from client.site import load_site
+        from client.site_cache import load_site  # kept in memory by the site worker
 
         cfg = RunConfig.from_flower({**dict(context.run_config), **extra})
         return cfg, load_site(dict(context.node_config), cfg)
@@ -65,12 +65,14 @@ def build_client_app(
     def train(msg: Message, context: Context) -> Message:
         from client import secagg
         from client.dp import RoundRefused, site_privacy
+        from client.privacy import LedgerError
+        from client.privacy_guard import check_acknowledged, ledger_error_reply
         from client.site import initial_state, train_round
 
         secure = secagg.is_secure_round(msg.content)
         # SecAgg+: the legacy fit format; the mod masks the reply
-        rc = RoundConfig.from_record(secagg.round_config_record(msg.content) if secure
-                                     else msg.content[CONFIG])
+        config = secagg.round_config_record(msg.content) if secure else msg.content[CONFIG]
+        rc = RoundConfig.from_record(config)
         if rc.noise_plan is not None:
             return distributed_reply(msg, context, rc, secure)
         try:
@@ -82,10 +84,13 @@ def build_client_app(
             state = secagg.received_state(msg.content, initial_state(setup, cfg))
         else:
             state = msg.content[ARRAYS].to_torch_state_dict()
-        privacy = site_privacy(site.name, site.train.n, dict(context.node_config), cfg)
         try:
+            privacy = site_privacy(site.name, site.train.n, dict(context.node_config), cfg)
+            check_acknowledged(privacy, site.name, config)
             new_state, metrics = train_round(site, state, setup, rc, cfg, privacy=privacy,
-                                             run_id=str(msg.metadata.run_id))
+                                             run_id=str(msg.metadata.run_id), config=config)
+        except LedgerError as exc:
+            return ledger_error_reply(msg, exc)
         except RoundRefused as exc:
             content = refusal(site.name, str(exc))
             if secure:  # weight 0: the sum of the others is unchanged
@@ -118,6 +123,12 @@ def build_client_app(
         from client import secagg
         from client.distributed_round import release, withheld
         from client.dp import RoundRefused, site_privacy
+        from client.privacy import LedgerError
+        from client.privacy_guard import (
+            check_acknowledged,
+            ledger_error_reply,
+            replayed_release,
+        )
         from client.site import initial_state
         from common.protocol import CLASS_COUNTS_TASK
 
@@ -136,11 +147,16 @@ def build_client_app(
             except SetupMissing as exc:
                 return setup_missing_reply(msg, exc)
             state = secagg.as_state(received, initial_state(setup, cfg))
-        privacy = site_privacy(site.name, site.train.n, dict(context.node_config), cfg)
-        assert privacy is not None
         try:
-            out = release(site, rc, cfg, privacy, setup=setup, state=state,
-                          run_id=str(msg.metadata.run_id))
+            privacy = site_privacy(site.name, site.train.n, dict(context.node_config), cfg)
+            assert privacy is not None
+            config = secagg.round_config_record(msg.content)
+            check_acknowledged(privacy, site.name, config)
+            out = replayed_release(privacy, rc, config, received, lambda: release(
+                site, rc, cfg, privacy, setup=setup, state=state,
+                run_id=str(msg.metadata.run_id)))
+        except LedgerError as exc:
+            return ledger_error_reply(msg, exc)
         except RoundRefused as exc:
             # Weight 0 and zeros of the release's shapes: the sum is unchanged.
             zeros = withheld(rc, received, site.train.schema.n_classes)

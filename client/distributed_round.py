@@ -6,6 +6,9 @@ the run's Gaussian noise (:func:`client.distributed_dp.noise_share_std`):
 
 * ``class-counts``: ``[class counts]``;
 * ``train``: the clipped gradient sum of every weight tensor, in ``state_dict`` order;
+  for the class-centroid model (:mod:`common.centroid`), the sum of the patients' feature
+  vectors in the ``centre`` slot (round 1) or the per-class sums of their clipped
+  deviations in the ``head.weight`` slot (round 2), zeros elsewhere;
 * ``validate`` (once, after the last round): ``[confusion counts]`` of the final model.
 
 Before adding noise the site checks that the releases fit its own budget with its
@@ -55,7 +58,7 @@ def release(site: Site, rc: RoundConfig, cfg: RunConfig, privacy: SitePrivacy, *
     elif rc.task == VALIDATE_TASK:
         noises = [plan.validation_noise]
     elif rc.task == TRAIN_TASK:
-        noises = [plan.gradient_noise]
+        noises = [plan.round_noise(rc.server_round)]
     else:
         raise ValueError(f"unknown distributed-DP task {rc.task!r}")
     _check_budget(privacy, noises)
@@ -89,6 +92,7 @@ def _model_release(site: Site, rc: RoundConfig, cfg: RunConfig, plan: NoisePlan,
 
     from client.distributed_dp import clipped_gradient_sum, flatten_in_order
     from client.site import prepared, site_model, validation_metrics
+    from common.centroid import CentroidClassifier
     from common.training import select_device, tensors
 
     device = select_device(site.device or cfg.train.device)
@@ -99,10 +103,28 @@ def _model_release(site: Site, rc: RoundConfig, cfg: RunConfig, plan: NoisePlan,
         return [_noised(metrics.confusion.ravel().astype(np.float64), plan.validation_noise,
                         1.0, plan, privacy)]
     x, mask, y = (t.to(device) for t in tensors(prepared(site.train, setup)))
+    if isinstance(model, CentroidClassifier):
+        sums, sensitivity = centroid_sums(model, x, mask, y, plan, rc.server_round)
+        return [_noised(v, plan.round_noise(rc.server_round), sensitivity, plan, privacy)
+                for v in flatten_in_order(sums, state)]
     log_prior = torch.as_tensor(np.log(setup.class_prior), dtype=torch.float32, device=device)
     sums, _ = clipped_gradient_sum(model, x, mask, y, log_prior, plan.clip)
     grads = flatten_in_order(sums, state)
     return [_noised(g, plan.gradient_noise, plan.clip, plan, privacy) for g in grads]
+
+
+def centroid_sums(model: Any, x: Any, mask: Any, y: Any, plan: NoisePlan,
+                  server_round: int) -> tuple[dict[str, Any], float]:
+    """The class-centroid model's sums by state name, and their sensitivity: round 1 the
+    patients' feature vectors (norm <= 1), round 2 each class's clipped deviations."""
+    import torch
+
+    with torch.no_grad():
+        if plan.centre_round and server_round == 1:
+            return {"centre": model.patient_vectors(x, mask).sum(dim=0)}, 1.0
+        model.radius.fill_(plan.clip)
+        onehot = torch.nn.functional.one_hot(y, model.spec.n_classes).to(x.dtype)
+        return {"head.weight": onehot.T @ model.deviations(x, mask)}, plan.clip
 
 
 def _noised(values: np.ndarray, noise_multiplier: float, sensitivity: float, plan: NoisePlan,

@@ -9,7 +9,10 @@
   public keys the coordinator registered);
 * ``--node-config FILE``: a TOML file written into the site's state directory, so the
   ClientApp reads the site's own data directory and privacy budget from node config;
-* ``--isolation subprocess``: each task runs in a fresh ``flwr-clientapp`` process;
+* ``--isolation process`` and the site worker (:mod:`client.worker`) beside it: one
+  long-lived process that keeps Flower, torch and the site's data loaded and runs every
+  task (Flower's own ``flwr-clientapp`` would start a fresh process per message);
+  ``CANCER_ALPHA_CLIENTAPP=subprocess`` goes back to Flower's process per message;
 * the Runtime API between SuperNode and ClientApp bound to 127.0.0.1;
 * an offline environment: Flower installs nothing at run time and never phones home.
 """
@@ -46,6 +49,10 @@ from common.site_config import SiteConfig, node_config_toml
 logger = logging.getLogger(__name__)
 
 NODE_CONFIG_FILE = "node-config.toml"
+# How the SuperNode's tasks run: "worker" (one long-lived site worker) or "subprocess"
+# (Flower's fresh flwr-clientapp process per message).
+CLIENTAPP_ENV = "CANCER_ALPHA_CLIENTAPP"
+CLIENTAPP_MODES = ("worker", "subprocess")
 _OPENSSH = b"-----BEGIN OPENSSH PRIVATE KEY-----"
 
 
@@ -155,14 +162,23 @@ def write_node_config(cfg: SiteConfig) -> Path:
     return path
 
 
-def supernode_command(cfg: SiteConfig, node_config: Path) -> list[str]:
+def clientapp_mode() -> str:
+    """``worker`` unless ``CANCER_ALPHA_CLIENTAPP`` says ``subprocess``."""
+    mode = os.environ.get(CLIENTAPP_ENV, "worker").strip().lower() or "worker"
+    if mode not in CLIENTAPP_MODES:
+        raise ValueError(f"{CLIENTAPP_ENV}={mode!r}: expected one of {CLIENTAPP_MODES}")
+    return mode
+
+
+def supernode_command(cfg: SiteConfig, node_config: Path, mode: str = "worker") -> list[str]:
+    isolation = "process" if mode == "worker" else "subprocess"
     cmd = [
         flower_executable("flower-supernode"),
         "--superlink", cfg.coordinator,
         "--root-certificates", str(cfg.root_certificates),
         "--auth-supernode-private-key", str(cfg.private_key),
         "--node-config", str(node_config),
-        "--isolation", "subprocess",
+        "--isolation", isolation,
         "--host", "127.0.0.1", "--port", str(cfg.port),
     ]
     if cfg.max_retries:
@@ -182,11 +198,12 @@ def site_environment(cfg: SiteConfig) -> dict[str, str]:
     return env
 
 
-def start_supernode(cfg: SiteConfig, *, stdout: Any = None) -> subprocess.Popen:
+def start_supernode(cfg: SiteConfig, *, stdout: Any = None,
+                    mode: str = "worker") -> subprocess.Popen:
     """Launch the SuperNode in this process group: stopping the group (Ctrl-C, a service
     manager, a container runtime) stops the SuperNode with it."""
     node_config = write_node_config(cfg)
-    cmd = supernode_command(cfg, node_config)
+    cmd = supernode_command(cfg, node_config, mode)
     logger.info("starting: %s", " ".join(cmd))
     return subprocess.Popen(cmd, env=site_environment(cfg), cwd=cfg.state_dir,
                             stdout=stdout, stderr=subprocess.STDOUT)
@@ -198,9 +215,12 @@ def run_site(cfg: SiteConfig, *, log_file: Path | None = None, echo: bool = True
     Its output goes to ``log_file`` (default ``STATE_DIR/supernode.log``) and, with
     ``echo``, to this terminal; when it is refused, the reason is explained.
     """
+    from client.worker_process import SiteWorker
+
     log_file = log_file or cfg.state_dir / "supernode.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    proc = start_supernode(cfg, stdout=subprocess.PIPE)
+    mode = clientapp_mode()
+    proc = start_supernode(cfg, stdout=subprocess.PIPE, mode=mode)
 
     def forward(signum: int, _frame: object) -> None:
         # The SuperNode tells the SuperLink it is leaving (then it is offline at once,
@@ -211,36 +231,35 @@ def run_site(cfg: SiteConfig, *, log_file: Path | None = None, echo: bool = True
     tail: list[str] = []
     fatal: list[int] = []
 
+    log = _SiteLog(log_file, echo)
+
     def pump() -> None:
         assert proc.stdout is not None
-        with open(log_file, "ab") as log:
-            for raw in proc.stdout:
-                # Flower's lines carry no time; the log file gets a UTC timestamp on each.
-                stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
-                log.write(stamp.encode() + raw)
-                log.flush()
-                line = raw.decode(errors="replace")
-                tail[:] = [*tail[-200:], line]
-                if echo:
-                    sys.stdout.write(line)
-                    sys.stdout.flush()
-                if not fatal and (match := _FATAL.search(line)):
-                    # Flower 1.41's SuperNode reports a refused connection but may keep
-                    # its process alive: stop it so the site's service manager sees it.
-                    fatal.append(int(match.group(1)))
-                    threading.Thread(target=_stop_later, args=(proc,), daemon=True).start()
+        for raw in proc.stdout:
+            line = log.write(raw)
+            tail[:] = [*tail[-200:], line]
+            if not fatal and (match := _FATAL.search(line)):
+                # Flower 1.41's SuperNode reports a refused connection but may keep
+                # its process alive: stop it so the site's service manager sees it.
+                fatal.append(int(match.group(1)))
+                threading.Thread(target=_stop_later, args=(proc,), daemon=True).start()
 
     # Read the output in a thread and wait for the SuperNode here: its helper processes
     # hold the pipe open until they see the SuperNode gone, which needs it reaped first.
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
+    worker = SiteWorker(cfg, site_environment(cfg), log.write, alive=lambda: proc.poll() is None)
+    if mode == "worker":
+        worker.start()
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = proc.wait()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        worker.stop()
     reader.join(timeout=15)
+    log.close()
     if fatal:
         code = fatal[0]
     if code not in (0, -signal.SIGINT, -signal.SIGTERM):
@@ -249,6 +268,33 @@ def run_site(cfg: SiteConfig, *, log_file: Path | None = None, echo: bool = True
 
 
 _FATAL = re.compile(r"Exit Code: (\d+)")
+
+
+class _SiteLog:
+    """The site's log file (a UTC timestamp on each line: Flower's lines carry no time)
+    and, with ``echo``, this terminal; written from the SuperNode's and the worker's
+    output threads."""
+
+    def __init__(self, path: Path, echo: bool) -> None:
+        self._file = open(path, "ab")  # noqa: SIM115 - closed by run_site
+        self._echo = echo
+        self._lock = threading.Lock()
+
+    def write(self, raw: bytes) -> str:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ ")
+        line = raw.decode(errors="replace")
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(stamp.encode() + raw)
+                self._file.flush()
+            if self._echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        return line
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
 
 
 def _stop_later(proc: subprocess.Popen, grace: float = 5.0) -> None:

@@ -20,6 +20,7 @@ config's ``train.device`` on this site only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -33,7 +34,6 @@ from common.dataset.multiomics import MultiOmicsData
 from common.preprocessing import FeatureStats
 from common.protocol import (
     DELTA,
-    EPSILON,
     NOISE_MULTIPLIER,
     RoundConfig,
     SiteDescription,
@@ -129,7 +129,11 @@ def describe(site: Site, *, private: bool = False) -> SiteDescription:
 
 
 def prepared(data: MultiOmicsData, setup: ConsortiumSetup) -> MultiOmicsData:
-    return setup.standardizer.transform(data.align_to(setup.schema))
+    """The site's data in the consortium's features, standardized; a consortium feature
+    the site lacks is 0 (see :mod:`common.consortium_features`)."""
+    from common.consortium_features import site_input
+
+    return site_input(data, setup.schema, setup.standardizer).data
 
 
 def site_model(setup: ConsortiumSetup, cfg: RunConfig, state: dict[str, Any] | None = None):
@@ -155,8 +159,12 @@ def train_round(
     *,
     privacy: SitePrivacy | None = None,
     run_id: str = "",
+    config: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], SiteMetrics]:
     """Validate the received global weights, then train local epochs from them.
+
+    ``config`` is the round's config record as received: under local DP, a request the
+    site already answered in the same run (``run-key``) gets the same update again.
 
     Returns the new weights and the metrics: training loss and ``num_examples`` (training
     patients) plus the validation of the weights as received (see
@@ -177,26 +185,54 @@ def train_round(
     optimizer = make_optimizer(model, cfg.train)
     progress = (rc.progress_start, rc.progress_end)
     if privacy is not None:
-        from client.dp import train_private
+        return _private_round(site, state, setup, model, loader, optimizer, cfg, rc, privacy,
+                              metrics, config, progress=progress, run_id=run_id,
+                              device=device)
+    proximal = ProximalTerm.snapshot(model, rc.proximal_mu) if rc.proximal_mu > 0 else None
+    stats = train_epochs(
+        model, loader, optimizer, cfg.train, epochs=rc.local_epochs,
+        class_weight=setup.class_weight, progress=progress, proximal=proximal,
+        device=device,
+    )
+    new_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return new_state, replace(metrics, num_examples=site.train.n, train_loss=stats.loss)
 
+
+def _private_round(site: Site, state: dict[str, Any], setup: ConsortiumSetup, model: Any,
+                   loader: Any, optimizer: Any, cfg: RunConfig, rc: RoundConfig,
+                   privacy: SitePrivacy, metrics: SiteMetrics, config: Mapping[str, Any] | None,
+                   *, progress: tuple[float, float], run_id: str, device: Any
+                   ) -> tuple[dict[str, Any], SiteMetrics]:
+    """A local-DP round, or the update already released for this very request (a
+    resumed coordinator asking again: see :mod:`client.privacy.replay`)."""
+    import torch
+
+    from client.dp import train_private
+    from client.privacy.replay import Released
+    from client.privacy_guard import replayed
+
+    def fresh() -> Released:
         stats, spent = train_private(
             model, loader, optimizer, cfg, privacy, epochs=rc.local_epochs,
             class_weight=setup.class_weight, progress=progress,
             rounds_left=max(1, cfg.rounds - rc.server_round + 1), run_id=run_id,
             server_round=rc.server_round, device=device,
         )
-        metrics = replace(metrics, epsilon=spent[EPSILON],
-                          noise_multiplier=spent[NOISE_MULTIPLIER], delta=spent[DELTA])
-    else:
-        proximal = ProximalTerm.snapshot(model, rc.proximal_mu) if rc.proximal_mu > 0 else None
-        stats = train_epochs(
-            model, loader, optimizer, cfg.train, epochs=rc.local_epochs,
-            class_weight=setup.class_weight, progress=progress, proximal=proximal,
-            device=device,
-        )
-    # The original module: Opacus' wrapper trains it in place but prefixes its keys.
-    new_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return new_state, replace(metrics, num_examples=site.train.n, train_loss=stats.loss)
+        # The original module: Opacus' wrapper trains it in place but prefixes its keys.
+        trained = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return Released([v.numpy() for v in trained.values()],
+                        {"names": list(trained), "train_loss": stats.loss,
+                         NOISE_MULTIPLIER: spent[NOISE_MULTIPLIER], DELTA: spent[DELTA]})
+
+    inputs = [v.detach().cpu().numpy() for v in state.values()]
+    kept, _ = replayed(privacy, rc, config or {}, inputs, fresh)
+    delta = float(kept.meta[DELTA])
+    new_state = {k: torch.from_numpy(np.array(a)) for k, a in zip(kept.meta["names"],
+                                                                   kept.arrays, strict=True)}
+    return new_state, replace(
+        metrics, num_examples=site.train.n, train_loss=float(kept.meta["train_loss"]),
+        epsilon=privacy.ledger.epsilon(delta),
+        noise_multiplier=float(kept.meta[NOISE_MULTIPLIER]), delta=delta)
 
 
 def evaluate_round(

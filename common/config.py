@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Self
 
 DP_MODES = ("none", "local", "central", "distributed")
 SITE_STATE_DIR = "site-state"  # simulation: the virtual hospitals' state, in the run directory
-# Distributed DP's model width, step size and rounds: chosen on pooled validation
-# macro-F1 of the bundled BRCA federation (docs/privacy.md).
+# Distributed DP's default model: the class-centroid classifier (common.centroid), fit
+# from two noised sums in two rounds; it beat the transformer's noised gradient steps on
+# pooled validation macro-F1 of the bundled BRCA federation at epsilon 3 and 8
+# (docs/privacy.md). Its clipping radius of deviations (relative to the largest norm of
+# a patient's vector, 1) was chosen by cross-validation inside the training split.
+CENTROID_KIND = "centroid"
+CENTROID_ROUNDS = 2
+CENTROID_RADIUS = 0.5
+# The transformer's width, step size and rounds under distributed DP: chosen on pooled
+# validation macro-F1 of the same federation.
 DISTRIBUTED_D_MODEL = 16
 DISTRIBUTED_LR = 2.0
 DISTRIBUTED_ROUNDS = 40
+GRADIENT_CLIP = 1.0  # clipping bound of gradients and updates (every other case)
 
 
 def offline_flower_env(flwr_home: Path | None = None) -> None:
@@ -66,6 +75,8 @@ class ModelConfig(_Section):
     :meth:`for_local_dp`.
     """
 
+    # The architecture: "mmt" (the multi-modal transformer) or another registered kind.
+    kind: str = "mmt"
     d_model: int = 512
     n_heads: int = 8
     n_layers: int = 1
@@ -76,6 +87,18 @@ class ModelConfig(_Section):
     # Probability of hiding a whole modality from a patient during training, so the
     # model learns to predict when a hospital or test split lacks one.
     modality_dropout: float = 0.15
+    # tabtransformer: comma-separated modalities whose columns become one embedded token
+    # each (clinical, one-hot categorical columns); other modalities take the continuous
+    # path. Modalities the data lack are ignored.
+    tab_token_modalities: str = "clinical"
+    # perceiver: tokens each modality's features are projected into, and latent vectors.
+    perceiver_tokens_per_modality: int = 4
+    perceiver_latents: int = 8
+
+    def __post_init__(self) -> None:
+        from common.model_kinds import check_kind
+
+        check_kind(self.kind)
 
     @classmethod
     def for_local_dp(cls) -> ModelConfig:
@@ -142,17 +165,19 @@ class RunConfig:
 
     data: str = "brca"
     test_data: str = ""  # empty: hold out a stratified test split from ``data``
+    # A file of patient ids (one a line) that form the test split, the rest of ``data``
+    # being the pool (cross-validation folds); empty: see ``test_data``.
+    test_ids: str = ""
     manifest: str = ""
     partition: str = "site"
     sites: int = 0  # 0: automatic (site partition) or 8 (iid/dirichlet)
     min_site_size: int = 20
     val_fraction: float = 0.2
     test_fraction: float = 0.3
-    # Distributed DP: one noised full-batch gradient step per round. Chosen on pooled
-    # validation macro-F1 of the bundled BRCA federation; see docs/privacy.md.
-    rounds: int = DISTRIBUTED_ROUNDS
+    # Distributed DP with the class-centroid model: the centre, then the class sums.
+    rounds: int = CENTROID_ROUNDS
     local_epochs: int = 1
-    strategy: str = "fedavgm"
+    strategy: str = "fedavg"
     proximal_mu: float = 0.01
     server_momentum: float = 0.9  # fedavgm: momentum of the server's SGD on averaged updates
     # Robust aggregation and server optimizers (strategies/*); ranges: strategies.registry.
@@ -181,7 +206,9 @@ class RunConfig:
     epsilon: float = 8.0
     # 0: distributed, 1e-5; local, 1 / (10 * site's patients); central, 1 / (10 * sites)
     delta: float = 0.0
-    max_grad_norm: float = 1.0  # clipping: per-sample gradients (local), site updates (central)
+    # Clipping: per-patient deviations from the centre (distributed DP, centroid model),
+    # per-patient gradients (distributed DP, other models; local DP), site updates (central).
+    max_grad_norm: float = CENTROID_RADIUS
     # A site declines a round that would need more noise than this to fit its budget.
     max_noise_multiplier: float = 10.0
     # Simulation: virtual hospitals keep their ledgers in STATE_DIR/<site>; empty: in the
@@ -199,7 +226,7 @@ class RunConfig:
     # Fraction of a site's neighbours whose shares unmask it: higher is more private,
     # lower tolerates more sites dropping out mid-round.
     secagg_threshold: float = 0.5
-    model: ModelConfig = field(default_factory=ModelConfig.for_distributed_dp)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(kind=CENTROID_KIND))
     train: TrainConfig = field(default_factory=TrainConfig.for_distributed_dp)
 
     def __post_init__(self) -> None:
@@ -241,30 +268,61 @@ class RunConfig:
         if problems:
             raise ValueError("invalid run configuration: " + "; ".join(problems))
 
+    def schedule_problems(self) -> list[str]:
+        """Why the model cannot be trained with this schedule (checked before a run, with
+        the strategy: :func:`strategies.check_combination`)."""
+        problems = []
+        if self.dp == "distributed" and self.model.kind == CENTROID_KIND:
+            if self.rounds != CENTROID_ROUNDS:
+                problems.append(f"distributed DP fits the {CENTROID_KIND} model in "
+                                f"{CENTROID_ROUNDS} rounds (the centre, then the class sums), "
+                                f"got rounds {self.rounds} (a gradient-trained model such "
+                                "as --model mmt takes more rounds)")
+            if self.strategy != "fedavg":
+                problems.append(f"distributed DP fits the {CENTROID_KIND} model with "
+                                f"strategy fedavg (it takes the fit as it is), got "
+                                f"{self.strategy!r}")
+        return problems
+
     @property
     def secure_aggregation(self) -> bool:
         """Whether the run sums through SecAgg+ (asked for, or distributed DP)."""
         return self.secagg or self.dp == "distributed"
 
     @classmethod
-    def preset(cls, dp: str | None = None, **settings: Any) -> RunConfig:
+    def preset(cls, dp: str | None = None, *, model_kind: str | None = None,
+               **settings: Any) -> RunConfig:
         """The run config that suits DP mode ``dp`` (default: the dataclass's), overridden
         by ``settings``.
 
-        Distributed DP: the defaults. Local DP: many one-epoch rounds of a small model,
-        the fewest noisy releases per round. No DP and central DP (the server noises the
-        mean of whole updates, so the sites' model size does not scale the noise): the
-        default architecture and optimiser, fewer rounds of more local epochs.
+        Distributed DP: the defaults (the class-centroid model), or with another
+        ``model_kind`` its noised gradient steps (small model, FedAvgM, many rounds).
+        Local DP: many one-epoch rounds of a small model, the fewest noisy releases per
+        round. No DP and central DP (the server noises the mean of whole updates, so the
+        sites' model size does not scale the noise): the default architecture and
+        optimiser, fewer rounds of more local epochs. ``model_kind`` sets the architecture
+        kind of any preset.
         """
         dp = cls.dp if dp is None else dp
         if dp == "distributed":
-            return cls(dp=dp, **settings)
-        if dp == "local":
-            return cls(**{"dp": dp, "rounds": 20, "local_epochs": 1, "strategy": "fedavg",
-                          "model": ModelConfig.for_local_dp(),
-                          "train": TrainConfig.for_local_dp(), **settings})
-        return cls(**{"dp": dp, "rounds": 10, "local_epochs": 4, "strategy": "fedavg",
-                      "model": ModelConfig(), "train": TrainConfig(), **settings})
+            kind = model_kind or CENTROID_KIND
+            if kind == CENTROID_KIND:
+                base: dict[str, Any] = {"model": ModelConfig(kind=kind)}
+            else:
+                base = {"rounds": DISTRIBUTED_ROUNDS, "strategy": "fedavgm",
+                        "max_grad_norm": GRADIENT_CLIP,
+                        "model": replace(ModelConfig.for_distributed_dp(), kind=kind)}
+        elif dp == "local":
+            base = {"rounds": 20, "local_epochs": 1, "strategy": "fedavg",
+                    "max_grad_norm": GRADIENT_CLIP,
+                    "model": ModelConfig.for_local_dp(), "train": TrainConfig.for_local_dp()}
+        else:
+            base = {"rounds": 10, "local_epochs": 4, "strategy": "fedavg",
+                    "max_grad_norm": GRADIENT_CLIP, "model": ModelConfig(),
+                    "train": TrainConfig()}
+        if model_kind and dp != "distributed":
+            base["model"] = replace(base["model"], kind=model_kind)
+        return cls(**{"dp": dp, **base, **settings})
 
     def site_state_root(self) -> Path:
         """Where a simulation's virtual hospitals keep their state (privacy ledgers):

@@ -4,6 +4,9 @@ A distributed-DP run releases, through secure aggregation, only noised consortiu
 
 * once, the class counts of the training patients (sensitivity 1);
 * every round, the sum of the training patients' clipped gradients (sensitivity ``clip``);
+  for the class-centroid model (:mod:`common.centroid`) round 1 is instead the sum of the
+  patients' feature vectors (sensitivity 1, its own share of the budget) and round 2 the
+  per-class sums of their clipped deviations from the centre (sensitivity ``clip``);
 * once, after the last round, the validation confusion counts of the final model
   (sensitivity 1). Rounds are not compared on validation: a noised confusion matrix per
   round would cost budget the gradient steps need, and the learning rate decays to the
@@ -26,6 +29,8 @@ from dataclasses import asdict, dataclass
 # Shares of the run's privacy budget (of its summed 1 / sigma**2): the gradient steps
 # get most; validation and the class counts are one release of a few numbers each.
 BUDGET_SHARES = {"gradients": 0.85, "validation": 0.10, "class-counts": 0.05}
+# The class-centroid model's centre release takes this much of the gradients' share.
+CENTRE_SHARE = 0.10
 # The delta of distributed DP when the run config leaves it 0: the consortium is one
 # Gaussian mechanism over all its patients.
 DEFAULT_DELTA = 1e-5
@@ -43,26 +48,46 @@ class NoisePlan:
     gradient_noise: float  # noise multiplier of one round's gradient sum (x clip)
     validation_noise: float  # of the final model's confusion counts
     count_noise: float  # of the class counts
+    # Of round 1's sum of feature vectors (the class-centroid model), 0 when round 1 is
+    # a gradient round like the others.
+    centre_noise: float = 0.0
 
     @classmethod
     def calibrate(cls, epsilon: float, delta: float, rounds: int, clip: float,
-                  min_sites: int) -> NoisePlan:
-        """The plan that spends exactly (``epsilon``, ``delta``) over ``rounds``."""
-        if rounds < 1 or min_sites < 1 or not clip > 0:
-            raise ValueError(f"distributed DP needs rounds >= 1, min_sites >= 1 and clip > 0 "
-                             f"(got {rounds}, {min_sites}, {clip})")
+                  min_sites: int, *, centre_round: bool = False) -> NoisePlan:
+        """The plan that spends exactly (``epsilon``, ``delta``) over ``rounds``; with
+        ``centre_round``, round 1 releases the centre (:data:`CENTRE_SHARE`)."""
+        first = 2 if centre_round else 1
+        if rounds < first or min_sites < 1 or not clip > 0:
+            raise ValueError(f"distributed DP needs rounds >= {first}, min_sites >= 1 and "
+                             f"clip > 0 (got {rounds}, {min_sites}, {clip})")
         sigma = gaussian_noise_for(epsilon, delta)
         share = BUDGET_SHARES
+        centre = CENTRE_SHARE if centre_round else 0.0
         return cls(
             epsilon=epsilon, delta=delta, rounds=rounds, clip=clip, min_sites=min_sites,
-            gradient_noise=sigma * math.sqrt(rounds / share["gradients"]),
+            gradient_noise=sigma * math.sqrt((rounds - first + 1)
+                                             / (share["gradients"] - centre)),
             validation_noise=sigma * math.sqrt(1.0 / share["validation"]),
             count_noise=sigma * math.sqrt(1.0 / share["class-counts"]),
+            centre_noise=sigma * math.sqrt(1.0 / centre) if centre_round else 0.0,
         )
+
+    @property
+    def centre_round(self) -> bool:
+        """Whether round 1 releases the centre rather than a gradient sum."""
+        return self.centre_noise > 0
+
+    def round_noise(self, server_round: int) -> float:
+        """The noise multiplier of training round ``server_round``'s release."""
+        return self.centre_noise if self.centre_round and server_round == 1 \
+            else self.gradient_noise
 
     def releases(self) -> list[tuple[float, int]]:
         """``(noise multiplier, count)`` of every release the plan makes."""
-        return [(self.count_noise, 1), (self.gradient_noise, self.rounds),
+        centre = [(self.centre_noise, 1)] if self.centre_round else []
+        return [(self.count_noise, 1), *centre,
+                (self.gradient_noise, self.rounds - len(centre)),
                 (self.validation_noise, 1)]
 
     def epsilon_spent(self) -> float:

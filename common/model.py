@@ -55,9 +55,23 @@ class SelfAttention(nn.Module):
         b, t, d = x.shape
         h = self.n_heads
         q, k, v = self.qkv(x).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d // h) + key_bias[:, None, None, :]
-        attn = self.dropout(torch.softmax(scores, dim=-1))
-        return self.out((attn @ v).transpose(1, 2).reshape(b, t, d))
+        return self.out(attend(q, k, v, key_bias, self.dropout).reshape(b, t, d))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_bias: torch.Tensor,
+           dropout: nn.Dropout) -> torch.Tensor:
+    """Scaled dot-product attention of ``q`` ``[B, H, N, d]`` over ``k``, ``v``
+    ``[B, H, T, d]`` with an additive key bias ``[B, T]``; returns ``[B, N, H, d]``."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + key_bias[:, None, None, :]
+    attn = dropout(torch.softmax(scores, dim=-1))
+    return (attn @ v).transpose(1, 2)
+
+
+def feed_forward(cfg: ModelConfig) -> nn.Sequential:
+    """The blocks' position-wise feed-forward network."""
+    d = cfg.d_model
+    return nn.Sequential(nn.Linear(d, cfg.ffn_mult * d), nn.GELU(), nn.Dropout(cfg.dropout),
+                         nn.Linear(cfg.ffn_mult * d, d))
 
 
 class Block(nn.Module):
@@ -69,12 +83,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(d)
         self.attn = SelfAttention(d, cfg.n_heads, cfg.attention_dropout)
         self.norm2 = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(
-            nn.Linear(d, cfg.ffn_mult * d),
-            nn.GELU(),
-            nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.ffn_mult * d, d),
-        )
+        self.ffn = feed_forward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
@@ -96,7 +105,34 @@ class ModalityTokenizer(nn.Module):
         return self.proj(self.drop(x)).view(x.shape[0], self.n_tokens, self.d_model)
 
 
-class MultiModalTransformer(nn.Module):
+class ModalityWeighting:
+    """Learned modality weights shared by every model kind: one logit per modality
+    (``self.modality_logit``, an ``nn.Embedding(M, 1)``; ``self.modality_ids``, a buffer
+    ``arange(M)``), softmax over the patient's present modalities. Explanations and
+    reports read them through :meth:`modality_weights` and
+    :meth:`learned_modality_weights`."""
+
+    modalities: list[str]
+    modality_logit: nn.Embedding
+    modality_ids: torch.Tensor
+
+    def modality_logits(self, present: torch.Tensor) -> torch.Tensor:
+        """Learned logits ``[B, M]``, ``-1e4`` for the patient's missing modalities."""
+        ids = self.modality_ids.repeat(present.shape[0], 1)  # batch-first, as for Opacus
+        return self.modality_logit(ids).squeeze(-1).masked_fill(~present, -1e4)
+
+    def modality_weights(self, present: torch.Tensor) -> torch.Tensor:
+        """Fusion weights ``[B, M]``: softmax of learned logits over present modalities."""
+        return torch.softmax(self.modality_logits(present), dim=-1) * present
+
+    def learned_modality_weights(self) -> dict[str, float]:
+        """Fusion weights when every modality is present (for reports and explanations)."""
+        with torch.no_grad():
+            w = self.modality_weights(torch.ones(1, len(self.modalities), dtype=torch.bool))
+        return {m: float(v) for m, v in zip(self.modalities, w[0], strict=True)}
+
+
+class MultiModalTransformer(ModalityWeighting, nn.Module):
     """Cross-modal attention classifier over any subset of known modalities.
 
     ``forward(x, mask)``: ``x`` is ``[B, sum F_m]`` (modalities concatenated in schema
@@ -134,7 +170,7 @@ class MultiModalTransformer(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         present = mask > 0.5
         if self.training and self.spec.config.modality_dropout > 0:
-            present = _drop_modalities(present, self.spec.config.modality_dropout)
+            present = drop_modalities(present, self.spec.config.modality_dropout)
         parts = torch.split(x, self.sizes, dim=1)
         tok = torch.cat([enc(p) for enc, p in zip(self.tokenizers, parts, strict=True)], dim=1)
         # Index with a batch dimension: Opacus reads dim 0 of every input as the sample.
@@ -152,21 +188,9 @@ class MultiModalTransformer(nn.Module):
         fused = (weights.unsqueeze(-1) * pooled).sum(dim=1)
         return self.head(fused)
 
-    def modality_weights(self, present: torch.Tensor) -> torch.Tensor:
-        """Fusion weights ``[B, M]``: softmax of learned logits over present modalities."""
-        ids = self.modality_ids.repeat(present.shape[0], 1)  # batch-first, as for Opacus
-        logits = self.modality_logit(ids).squeeze(-1)
-        logits = logits.masked_fill(~present, -1e4)
-        return torch.softmax(logits, dim=-1) * present
-
-    def learned_modality_weights(self) -> dict[str, float]:
-        """Fusion weights when every modality is present (for reports and explanations)."""
-        with torch.no_grad():
-            w = self.modality_weights(torch.ones(1, len(self.modalities), dtype=torch.bool))
-        return {m: float(v) for m, v in zip(self.modalities, w[0], strict=True)}
 
 
-def _drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
+def drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
     """Hide each present modality with probability ``p``, keeping at least one per patient."""
     keep = torch.rand(present.shape, device=present.device) >= p
     dropped = present & keep
@@ -175,8 +199,11 @@ def _drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(empty, present, dropped)
 
 
-def build_model(spec: ModelSpec) -> MultiModalTransformer:
-    return MultiModalTransformer(spec)
+def build_model(spec: ModelSpec) -> nn.Module:
+    """The network of kind ``spec.config.kind`` (registry: :mod:`common.model_kinds`)."""
+    from common.model_kinds import build_model as build_kind
+
+    return build_kind(spec)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -37,6 +37,7 @@ class SplitSettings:
 
     data: str
     test_data: str
+    test_ids: str
     manifest: str
     partition: str
     sites: int
@@ -97,8 +98,9 @@ def _cached(settings: SplitSettings) -> SimulatedFederation:
 def build_federation(settings: SplitSettings) -> SimulatedFederation:
     """Load ``settings.data`` and split it into a global test split and hospitals.
 
-    The test split is, in order of preference: the ``test_data`` directory; the dataset's
-    own ``test`` split when its manifest declares one (e.g. ROSMAP); a stratified
+    The test split is, in order of preference: the patients listed in ``test_ids``
+    (every split of ``data`` pooled); the ``test_data`` directory; the dataset's own
+    ``test`` split when its manifest declares one (e.g. ROSMAP); a stratified
     ``test_fraction`` hold-out drawn with ``seed``.
     """
     data, test_data, manifest = settings.data, settings.test_data, settings.manifest
@@ -107,7 +109,11 @@ def build_federation(settings: SplitSettings) -> SimulatedFederation:
     manifest_path = Path(manifest) if manifest else None
     man = read_manifest(directory, manifest_path)
     fingerprints = {str(directory): dataset_fingerprint(directory, manifest=manifest_path)}
-    if test_data:
+    if settings.test_ids:
+        full = load_dataset(directory, manifest=manifest_path)
+        pool, test = split_by_ids(full, Path(settings.test_ids))
+        source = f"patient ids in {settings.test_ids}"
+    elif test_data:
         pool = load_dataset(directory, manifest=manifest_path)
         test_dir = resolve_data_dir(test_data)
         test = load_dataset(test_dir, schema=pool.schema)
@@ -144,6 +150,17 @@ def build_federation(settings: SplitSettings) -> SimulatedFederation:
     logger.info("federation: %d hospitals from %s; test split %d patients (%s)",
                 len(plan.sites), directory, test.n, source)
     return SimulatedFederation(pool, test, plan, source, fingerprints)
+
+
+def split_by_ids(full: MultiOmicsData, ids_file: Path) -> tuple[MultiOmicsData, MultiOmicsData]:
+    """``(pool, test)``: the patients listed in ``ids_file`` (one a line) are the test split."""
+    wanted = {line.strip() for line in ids_file.read_text().splitlines() if line.strip()}
+    is_test = np.isin(full.patient_ids.astype(str), sorted(wanted))
+    unknown = len(wanted) - int(is_test.sum())
+    if unknown or not wanted:
+        raise ValueError(f"{ids_file}: {unknown} of {len(wanted)} test patient ids are not "
+                         "in the data" if wanted else f"{ids_file}: lists no patient id")
+    return full.subset(np.flatnonzero(~is_test)), full.subset(np.flatnonzero(is_test))
 
 
 def concat_data(parts: list[MultiOmicsData]) -> MultiOmicsData:

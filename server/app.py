@@ -42,6 +42,10 @@ def run_server(
         if resume is None:
             logger.warning("resume: no completed round in %s; starting from round 1",
                            run_dir / CHECKPOINT_DIR)
+    from server.rounds.identity import key_bound
+
+    bound = key_bound(grid, run_dir)  # deployment: sites named by their registered keys
+    grid = bound or grid
     test, record = None, None
     if cfg.data:  # simulation: the coordinator may hold the global test split
         from common.simulated_federation import load_federation
@@ -77,8 +81,14 @@ def run_server(
         prepared = outcome.standardizer.transform(test.align_to(outcome.schema, "test split"))
         test_metrics = classification_metrics(prepared.labels, predict_proba(model, prepared),
                                               outcome.schema.label_names)
-    return write_federated_outputs(run_dir, cfg, outcome, test_metrics=test_metrics,
-                                   federation_record=record, run_id=run_id)
+    payload = write_federated_outputs(run_dir, cfg, outcome, test_metrics=test_metrics,
+                                      federation_record=record, run_id=run_id)
+    if bound is not None:
+        from server.outputs import update_metrics
+
+        payload["site_identity"] = bound.report()
+        update_metrics(run_dir, site_identity=payload["site_identity"])
+    return payload
 
 
 def build_server_app(

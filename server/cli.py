@@ -257,7 +257,8 @@ def coordinator_start(
                   f"{' (resuming)' if resume else ''}; state in {escape(str(state_dir))}")
     try:
         result = run_coordinator(cfg, echo=(lambda line: console.print(Text(line)))
-                                 if verbose else None)
+                                 if verbose else None,
+                                 progress=lambda line: console.print(Text(line)))
     except CoordinatorError as e:
         _fail(str(e))
     except KeyboardInterrupt:
@@ -322,6 +323,13 @@ def coordinator_sync_sites(
     typer.echo(json.dumps(report.as_dict()))
     if report.refused:
         raise typer.Exit(1)
+
+
+# The long-running service with the console (server/console_api).
+from server.console_api.cli import console_token, serve  # noqa: E402
+
+coordinator_app.command("serve")(serve)
+coordinator_app.command("console-token")(console_token)
 
 
 def _logging(verbose: bool) -> None:

@@ -3,7 +3,9 @@
 The pooled model sees the union of the hospitals' training patients, selects its epoch
 on the union of their validation patients, and is scored on the same global test split
 as the federated model. The standardizer is the pooled one, which is also exactly what
-the federation computes from summed site statistics.
+the federation computes from summed site statistics. The class-centroid model is fit in
+closed form instead, with the per-patient standardization it always uses: what its
+federation estimates from noised sums, without the noise.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from common.config import RunConfig
+from common.config import CENTROID_KIND, RunConfig
 from common.dataset.multiomics import MultiOmicsData
 from common.metrics import METRIC_KEYS
 from common.preprocessing import Standardizer
@@ -42,14 +45,19 @@ def train_central(
     from common.training import fit, predict_proba, seed_everything
 
     train, val = pooled_split(fed)
-    standardizer = Standardizer.fit(train)
     epochs = cfg.rounds * cfg.local_epochs
     tcfg = replace(cfg.train, max_epochs=epochs)
     seed_everything(cfg.seed)
     model = build_model(ModelSpec.for_schema(cfg.model, train.schema))
     started = time.perf_counter()
-    result = fit(model, standardizer.transform(train), standardizer.transform(val), tcfg,
-                 seed=cfg.seed)
+    if cfg.model.kind == CENTROID_KIND:
+        # The same closed-form fit the federation's releases estimate, without noise.
+        standardizer = Standardizer.for_each_patient(train.schema)
+        result = _fit_centroids(model, standardizer.transform(train))
+    else:
+        standardizer = Standardizer.fit(train)
+        result = fit(model, standardizer.transform(train), standardizer.transform(val), tcfg,
+                     seed=cfg.seed)
     seconds = time.perf_counter() - started
     test = standardizer.transform(fed.test.align_to(train.schema, "test split"))
     metrics = classification_metrics(test.labels, predict_proba(model, test),
@@ -68,6 +76,16 @@ def train_central(
         "train_seconds": seconds,
         "history": result.history,
     }
+
+
+def _fit_centroids(model: Any, train: MultiOmicsData) -> Any:
+    """The class-centroid model fit exactly on ``train``, as a one-epoch fit result."""
+    from common.centroid import fit_exact
+    from common.training import FitResult, tensors
+
+    fit_exact(model, *tensors(train))
+    return FitResult(state_dict={k: v.clone() for k, v in model.state_dict().items()},
+                     best_epoch=1, history=[])
 
 
 def run_baselines_on_split(fed: SimulatedFederation, seed: int) -> dict:

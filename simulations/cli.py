@@ -49,6 +49,10 @@ SitesOpt = Annotated[int | None, typer.Option(
 SeedOpt = Annotated[int | None, typer.Option(
     "--seed", help="Seed for the split, init and training." + _default(str(_DEFAULT.seed)))]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory to write.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Model architecture: mmt (multi-modal transformer), tabtransformer, "
+    "perceiver (Perceiver IO) or centroid (docs/models.md)."
+    + _default("centroid with --dp distributed, else mmt"))]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
 
 
@@ -102,10 +106,12 @@ def simulate(
         + _default(str(_DEFAULT.min_site_size)))] = None,
     seed: SeedOpt = None,
     out: OutOpt = None,
+    model: ModelOpt = None,
     dp: Annotated[str | None, typer.Option(
         help=f"Differential privacy: {', '.join(DP_MODES)}. distributed: every site adds "
-        "its share of the noise to its clipped gradient sum, sent only through secure "
-        "aggregation (3 sites or more); local: DP-SGD at every site, with a small model "
+        "its share of the noise to sums over its patients, sent only through secure "
+        "aggregation (3 sites or more), which fit the class-centroid model in 2 rounds "
+        "(other models: clipped gradient sums); local: DP-SGD at every site, with a small model "
         "and many one-epoch rounds chosen for it; central: the server clips site updates "
         "and noises their mean." + _default(_DEFAULT.dp))] = None,
     epsilon: Annotated[float | None, typer.Option(
@@ -167,10 +173,11 @@ def simulate(
     confusion matrix.
     """
     _setup_logging(verbose)
+    from server.rounds import FederationError
     from simulations.runner import simulate as run
 
     try:
-        cfg = RunConfig.preset(dp, **_given(
+        cfg = RunConfig.preset(dp, model_kind=model, **_given(
             data=data, test_data=test_data, manifest=manifest, partition=partition,
             sites=sites, rounds=rounds, local_epochs=local_epochs, strategy=strategy,
             proximal_mu=proximal_mu, min_site_size=min_site_size, seed=seed, out=out,
@@ -178,8 +185,6 @@ def simulate(
             secagg=secagg, secagg_threshold=secagg_threshold,
             max_update_norm_ratio=max_update_norm_ratio, trim_fraction=trim_fraction,
             malicious_sites=malicious_sites, krum_select=krum_select, server_lr=server_lr))
-        from server.rounds import FederationError
-
         run_dir = run(cfg, compare=compare, verbose=verbose, attack=attack,
                       malicious=malicious)
     except (ValueError, FileNotFoundError, FederationError) as exc:
@@ -255,6 +260,7 @@ def train_central_cmd(
         + _default(str(_NO_DP.rounds * _NO_DP.local_epochs)))] = None,
     seed: SeedOpt = None,
     out: OutOpt = None,
+    model: ModelOpt = None,
     report: Annotated[bool, typer.Option(
         help="Write report.html and model_card.md into the --out directory at the end "
         "(cancer-alpha report RUN_DIR writes them later).")] = True,
@@ -273,7 +279,7 @@ def train_central_cmd(
 
     try:
         schedule = {} if epochs is None else {"rounds": epochs, "local_epochs": 1}
-        cfg = RunConfig.preset("none", **schedule, **_given(
+        cfg = RunConfig.preset("none", model_kind=model, **schedule, **_given(
             data=data, test_data=test_data, manifest=manifest, partition=partition,
             sites=sites, seed=seed))
         fed = load_federation(cfg)

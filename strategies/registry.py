@@ -98,7 +98,8 @@ def check_combination(cfg: RunConfig) -> None:
     if spec is None or not spec.selectable:
         raise ValueError(f"invalid run configuration: strategy {cfg.strategy!r} is not one of "
                          f"{strategy_names()}")
-    problems = _option_problems(cfg) + _refusals(spec, cfg.dp, cfg.secagg)
+    problems = (_option_problems(cfg) + _refusals(spec, cfg.dp, cfg.secagg)
+                + cfg.schedule_problems())
     if problems:
         raise ValueError("invalid run configuration: " + "; ".join(problems)
                          + ". Allowed: " + "; ".join(allowed_combinations()))

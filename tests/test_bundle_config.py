@@ -205,7 +205,8 @@ def test_run_config_round_trips_through_flower():
 
 
 def test_run_config_nested_override_applies():
-    cfg = RunConfig.from_flower({"model.d-model": 64, "train.lr": 0.01, "rounds": 3})
+    cfg = RunConfig.from_flower({"model.kind": "mmt", "model.d-model": 64, "train.lr": 0.01,
+                                 "rounds": 3})
     assert cfg.model.d_model == 64
     assert cfg.train.lr == 0.01
     assert cfg.rounds == 3
@@ -354,14 +355,14 @@ def test_flower_app_config_is_the_private_federation_simulate_runs():
     declared = flatten_dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])
     assert RunConfig.from_flower(declared) == RunConfig() == RunConfig.preset()
     assert declared["dp"] == RunConfig.dp == "distributed"
-    assert RunConfig().model == ModelConfig.for_distributed_dp()
+    assert RunConfig().model == ModelConfig(kind="centroid")
     assert RunConfig().secure_aggregation
 
 
 def test_presets_change_only_the_privacy_mode_schedule_and_model():
     private, plain, central = RunConfig(), RunConfig.preset("none"), RunConfig.preset("central")
     changed = {k for k, v in plain.to_dict().items() if private.to_dict()[k] != v}
-    assert changed == {"dp", "rounds", "local_epochs", "strategy", "model", "train"}
+    assert changed == {"dp", "rounds", "local_epochs", "max_grad_norm", "model", "train"}
     assert (plain.model, plain.train) == (ModelConfig(), TrainConfig())
     local = RunConfig.preset("local")
     assert (local.model, local.train) == (ModelConfig.for_local_dp(), TrainConfig.for_local_dp())

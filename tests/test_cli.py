@@ -173,7 +173,7 @@ def test_train_central_keeps_the_non_private_model(monkeypatch):
 def test_unknown_keys_are_rejected_with_the_valid_ones():
     with pytest.raises(ValueError, match=r"'roundz'.*valid keys: .*\brounds\b"):
         RunConfig.from_dict({"roundz": 3})
-    with pytest.raises(ValueError, match=r"'d_modle'.*valid keys: d_model"):
+    with pytest.raises(ValueError, match=r"'d_modle'.*valid keys: kind, d_model"):
         RunConfig.from_dict({"model": {"d_modle": 3}})
     with pytest.raises(ValueError, match=r"'learning-rate'.*valid keys: .*train\.lr"):
         RunConfig.from_flower({"learning-rate": 0.1})

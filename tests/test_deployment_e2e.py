@@ -32,7 +32,6 @@ from common.pki import Pki, init_pki, issue_site
 from common.processes import (
     command_line,
     free_port,
-    process_tree,
     processes_mentioning,
     send_signal,
 )
@@ -43,7 +42,10 @@ PY = sys.executable
 SITES = ("site-a", "site-b", "site-c")
 # Small and short: the cost is dominated by one ClientApp process per message.
 RUN_OPTIONS = ["--local-epochs", "1",
-               "--run-config", "dp=none model.d-model=32 model.n-heads=2 train.batch-size=32"]
+               "--run-config",
+               "dp=none model.kind=\"mmt\" model.d-model=32 model.n-heads=2 train.batch-size=32"]
+# Local DP: the sites keep privacy ledgers, which a coordinator crash must not upset.
+DP_RUN_OPTIONS = [*RUN_OPTIONS[:-1], RUN_OPTIONS[-1].replace("dp=none", "dp=local")]
 TIMEOUT = 420.0
 
 
@@ -191,9 +193,9 @@ def test_site_killed_mid_round_run_completes_and_site_rejoins(consortium):
     sites = consortium.start_sites()
     victim = sites["site-c"]
 
-    def training() -> bool:  # a ClientApp of round 1 is running at site-c
-        return "configure_train" in consortium.log(coordinator, 400) and any(
-            "flwr-clientapp" in command_line(p) for p in process_tree(victim.pid))
+    def training() -> bool:  # site-c has taken its round-1 training task
+        return "configure_train" in consortium.log(coordinator, 400) and \
+            "Receiving: train" in consortium.log(victim, 400)
 
     _wait_for(training, 240, "round 1 training at site-c", coordinator, consortium)
     consortium.kill(victim)
@@ -227,7 +229,7 @@ def test_site_killed_mid_round_run_completes_and_site_rejoins(consortium):
 @pytest.mark.e2e
 def test_coordinator_killed_and_resumed_continues_after_last_completed_round(consortium):
     coordinator = consortium.coordinator("resumed", "--rounds", "2", "--min-sites", "3",
-                                         *RUN_OPTIONS)
+                                         *DP_RUN_OPTIONS)
     consortium.wait_registered(coordinator)
     consortium.start_sites()
     state = consortium.state / "runs" / "resumed" / "checkpoint" / "state.json"
@@ -252,6 +254,19 @@ def test_coordinator_killed_and_resumed_continues_after_last_completed_round(con
                         .read_text())
     assert len(record["flower_runs"]) == 2 and record["events"][-1]["status"] == \
         "finished:completed"
+    # The sites had released round 2 when the coordinator died: asked again, they sent the
+    # same updates without charging twice, and their ledgers agree with the run.
+    from client.privacy import PrivacyLedger
+
+    ledgers = {p.parent.name: PrivacyLedger.open(p)
+               for p in consortium.root.glob("**/privacy-ledger.json")}
+    assert set(ledgers) == set(SITES)
+    for site, ledger in ledgers.items():
+        assert [e.round for e in ledger.entries] == [1, 2], site
+        assert m["per_site_epsilon"][site] == pytest.approx(ledger.epsilon(ledger.delta))
+    # Names come from the sites' registered keys.
+    assert {s["site"] for s in m["rounds"][-1]["sites"]} == set(SITES)
+    assert m["site_identity"]["declared_otherwise"] == []
 
 
 # Three hospitals of the BRCA cohort, by the tissue-source-site code of the barcode
@@ -442,7 +457,8 @@ def test_coordinator_run_config_new_resume_and_errors(tmp_path):
         prepare_run_config(cfg(resume=True))
     with pytest.raises(CoordinatorError, match=r"unknown run config key\(s\) 'roundz'"):
         prepare_run_config(cfg(run_config={"roundz": 3}))
-    path, flat = prepare_run_config(cfg(run_config={"rounds": 3, "model.d-model": 32}))
+    path, flat = prepare_run_config(cfg(run_config={"rounds": 3, "model.kind": "mmt",
+                                                    "model.d-model": 32}))
     assert flat["data"] == "" and flat["rounds"] == 3  # the coordinator holds no data
     assert flat["out"] == str((tmp_path / "state" / "runs" / "r").resolve())
     from flwr.common.config import parse_config_args
@@ -451,7 +467,7 @@ def test_coordinator_run_config_new_resume_and_errors(tmp_path):
     (tmp_path / "state" / "runs" / "r" / "checkpoint").mkdir()
     (tmp_path / "state" / "runs" / "r" / "checkpoint" / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(CoordinatorError, match="continue it with --resume"):
-        prepare_run_config(cfg(run_config={"rounds": 3}))
+        prepare_run_config(cfg(run_config={"rounds": 3, "model.kind": "mmt"}))
     _, resumed = prepare_run_config(cfg(resume=True, run_config={"rounds": 9}))
     assert resumed["resume"] is True and resumed["rounds"] == 3  # the stored config
     assert resumed["model.d-model"] == 32

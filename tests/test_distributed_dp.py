@@ -277,9 +277,11 @@ def test_distributed_run_accounts_every_release(distributed_run):
     for site in spent:
         ledger = PrivacyLedger.open(ledger_path(run_dir / "site-state" / site))
         noises = sorted(e.noise_multiplier for e in ledger.entries)
-        # the class counts, a gradient step per round, the final model's validation
-        assert sorted(noises) == sorted([plan.count_noise, plan.validation_noise]
-                                        + [plan.gradient_noise] * 2)
+        # the class counts, the centre and the class sums (the default centroid model),
+        # the final model's validation
+        assert plan.centre_round
+        assert noises == sorted([plan.count_noise, plan.centre_noise, plan.gradient_noise,
+                                 plan.validation_noise])
         assert all(e.delta == pytest.approx(plan.delta) for e in ledger.entries)
         assert ledger.epsilon(plan.delta) == pytest.approx(8.0, abs=2e-3)
         assert spent[site] == pytest.approx(ledger.epsilon(plan.delta))  # the run's record

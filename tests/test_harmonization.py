@@ -1,19 +1,12 @@
 """Feature harmonization: gene identifier mapping, the consortium feature set from
-declared names, per-site maps and masks, and a two-site federation where one site
-holds STAR TSV files and the other an ``.h5ad`` lacking 10 % of the genes."""
+declared names, per-site maps and masks (the federation through Flower is in
+``test_harmonized_federation.py``)."""
 
 from __future__ import annotations
 
-import copy
-
-import h5py
 import numpy as np
 import pytest
-import torch
-from test_formats import GEX, STAR_HEADER, sheet, write_anndata
 
-from common.config import ModelConfig, TrainConfig
-from common.dataset import load_dataset
 from common.dataset.harmonization import (
     ConsortiumFeatures,
     FeatureMoments,
@@ -29,9 +22,7 @@ from common.dataset.harmonization import (
     zero_absent,
 )
 from common.dataset.multiomics import MultiOmicsData
-from common.model import ModelSpec, build_model
 from common.schema import FeatureSchema
-from common.training import make_loader, make_optimizer, predict_proba, train_epochs
 
 # ------------------------------------------------------------------ identifiers
 
@@ -130,117 +121,3 @@ def test_harmonize_masks_lacking_features_and_stats_ignore_them():
     scaled.features["mrna"] += 5
     zero_absent(scaled, hb.feature_mask)
     assert np.all(scaled.features["mrna"][:, 1] == 0)
-
-
-# ------------------------------------------------------------------ two formats, one model
-
-N_GENES = 20
-LABELS = ["LumA", "Basal"]
-
-
-def _cohort(rng, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Counts whose first 6 genes differ by class."""
-    y = rng.integers(0, 2, n)
-    base = rng.gamma(5.0, 20.0, size=(n, N_GENES))
-    base[:, :6] *= np.where(y[:, None] == 1, 4.0, 0.25)
-    return np.round(base), y
-
-
-def _star_site(root, genes, counts, y):
-    d = root / "star_site"
-    d.mkdir()
-    rows, labels = [], ["patient_id,label"]
-    for i, c in enumerate(counts):
-        sample = f"TCGA-AA-{i:04d}-01A"
-        lines = ["# gene-model: GENCODE v36", STAR_HEADER,
-                 "N_unmapped\t\t\t9\t9\t9\t\t\t", "N_ambiguous\t\t\t9\t9\t9\t\t\t"]
-        lines += [f"{g}\tG{j}\tprotein_coding\t{int(v)}\t0\t0\t1\t1\t1"
-                  for j, (g, v) in enumerate(zip(genes, c, strict=True))]
-        (d / f"s{i}.tsv").write_text("\n".join(lines) + "\n")
-        rows.append((f"id{i}", f"s{i}.tsv", GEX, sample))
-        labels.append(f"{sample},{LABELS[y[i]]}")
-    (d / "gdc_sample_sheet.tsv").write_text(sheet(rows))
-    (d / "labels.csv").write_text("\n".join(labels) + "\n")
-    (d / "dataset.toml").write_text(
-        '[dataset]\nname = "a"\nlabel_names = ["LumA", "Basal"]\n[modalities.mrna]\n'
-        'file = "gdc_sample_sheet.tsv"\nformat = "gdc-star-counts"\n'
-        'qc = { log_transform = "log2p1" }\n')
-    return d
-
-
-def _h5ad_site(root, genes, counts, y):
-    d = root / "h5ad_site"
-    d.mkdir()
-    ids = [f"P{i}" for i in range(len(y))]
-    with h5py.File(d / "cohort.h5ad", "w") as f:
-        write_anndata(f, ids, genes, counts.astype(np.float32), sparse=True)
-    (d / "labels.csv").write_text(
-        "patient_id,label\n" + "".join(f"{p},{LABELS[k]}\n" for p, k in zip(ids, y, strict=True)))
-    (d / "dataset.toml").write_text(
-        '[dataset]\nname = "b"\nlabel_names = ["LumA", "Basal"]\nsite_pattern = ""\n'
-        '[modalities.mrna]\nfile = "cohort.h5ad"\nformat = "h5ad"\n'
-        'qc = { log_transform = "log2p1" }\n')
-    return d
-
-
-def _fedavg(states: list[dict], weights: list[int]) -> dict:
-    total = sum(weights)
-    return {k: sum(s[k].float() * (w / total) for s, w in zip(states, weights, strict=True))
-            for k in states[0]}
-
-
-@pytest.mark.e2e
-def test_two_sites_star_and_h5ad_one_lacking_genes_train_one_model(tmp_path):
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    genes = [f"ENSG{j:011d}.{j % 3 + 1}" for j in range(N_GENES)]
-    counts_a, y_a = _cohort(rng, 60)
-    counts_b, y_b = _cohort(rng, 60)
-    lacking = [7, 13]  # site B's pipeline lacks 10 % of the genes
-    genes_b = [g.split(".")[0] for j, g in enumerate(genes) if j not in lacking]  # unversioned
-    site_a = _star_site(tmp_path, genes, counts_a, y_a)
-    site_b = _h5ad_site(tmp_path, genes_b, np.delete(counts_b, lacking, axis=1), y_b)
-    data = {"a": load_dataset(site_a), "b": load_dataset(site_b)}
-    assert data["a"].origin.record()["preprocessing"]["mrna"]["format"] == "gdc-star-counts"
-    assert data["b"].origin.record()["preprocessing"]["mrna"]["format"] == "h5ad"
-
-    # Each site declares canonical names only; the coordinator fixes the set.
-    declared = {}
-    for s, d in data.items():
-        names, unmapped = canonical_names(list(d.schema.features("mrna")), "ensembl")
-        assert unmapped == []
-        declared[s] = {"mrna": names}
-    cons = consortium_features(declared, min_sites=1)
-    assert len(cons.features("mrna")) == N_GENES
-    harmonized = {}
-    for s, d in data.items():
-        # The map points into the site's own columns (canonical names keep its order).
-        harmonized[s] = harmonize(d, cons, site_feature_map(cons, declared[s]))
-    assert harmonized["b"].feature_mask["mrna"].sum() == N_GENES - len(lacking)
-    assert not harmonized["b"].feature_mask["mrna"][lacking].any()
-
-    moments = FeatureMoments.merge([FeatureMoments.of(h) for h in harmonized.values()])
-    assert moments.count["mrna"][lacking].tolist() == [60, 60]  # site A's patients only
-    stats = moments.mean_std()
-    ready = {s: standardize(h, stats) for s, h in harmonized.items()}
-    # Masked, not imputed: the lacking genes are exactly 0 at site B.
-    assert np.all(ready["b"].data.features["mrna"][:, lacking] == 0)
-
-    schema = cons.schema(LABELS)
-    cfg = TrainConfig(batch_size=16, lr=3e-3, max_epochs=1, amp=False, device="cpu")
-    global_model = build_model(ModelSpec.for_schema(ModelConfig.for_local_dp(), schema))
-    train = {s: r.data.subset(np.arange(40)) for s, r in ready.items()}
-    test = {s: r.data.subset(np.arange(40, 60)) for s, r in ready.items()}
-    for rnd in range(8):
-        states, sizes = [], []
-        for s in ("a", "b"):
-            local = copy.deepcopy(global_model)
-            opt = make_optimizer(local, cfg)
-            loader = make_loader(train[s], cfg.batch_size, shuffle=True, seed=rnd)
-            train_epochs(local, loader, opt, cfg, epochs=2, class_weight=np.ones(2))
-            states.append(local.state_dict())
-            sizes.append(train[s].n)
-        global_model.load_state_dict(_fedavg(states, sizes))
-    for s in ("a", "b"):
-        acc = float((predict_proba(global_model, test[s]).argmax(1) == test[s].labels).mean())
-        assert acc >= 0.8, (s, acc)

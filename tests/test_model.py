@@ -21,7 +21,7 @@ from common.losses import (
     evaluation_loss,
     weighted_loss,
 )
-from common.model import ModelSpec, _drop_modalities, build_model
+from common.model import ModelSpec, build_model, drop_modalities
 from common.model_selection import BestTracker
 from common.optimization import lr_at, make_optimizer
 from common.schema import FeatureSchema
@@ -203,7 +203,7 @@ def test_drop_modalities_never_leaves_a_patient_empty():
     torch.manual_seed(0)
     present = torch.rand(2000, 4) > 0.4
     present[:, 0] |= ~present.any(dim=1)  # every patient has at least one modality
-    out = _drop_modalities(present, 0.999)
+    out = drop_modalities(present, 0.999)
     assert out.any(dim=1).all()
     assert not (out & ~present).any()  # never invents a modality
     # With p close to 1 almost everyone is reduced to what the fallback restores.
@@ -213,8 +213,8 @@ def test_drop_modalities_never_leaves_a_patient_empty():
 def test_drop_modalities_rate_and_identity():
     torch.manual_seed(0)
     present = torch.ones(4000, 3, dtype=torch.bool)
-    assert torch.equal(_drop_modalities(present, 0.0), present)
-    out = _drop_modalities(present, 0.3)
+    assert torch.equal(drop_modalities(present, 0.0), present)
+    out = drop_modalities(present, 0.3)
     kept = out.float().mean().item()
     assert 0.65 < kept < 0.78  # ~0.7, plus the restored all-dropped rows (0.3^3)
 

@@ -11,12 +11,14 @@ from common.simulated_federation import SplitSettings, build_federation, load_fe
 
 
 def test_split_settings_take_every_value_from_the_run_config():
-    cfg = RunConfig(data="x", test_data="y", manifest="m.toml", partition="iid", sites=5,
-                    min_site_size=7, val_fraction=0.25, test_fraction=0.4, seed=9)
+    cfg = RunConfig(data="x", test_data="y", test_ids="ids.txt", manifest="m.toml",
+                    partition="iid", sites=5, min_site_size=7, val_fraction=0.25,
+                    test_fraction=0.4, seed=9)
     settings = SplitSettings.of(cfg)
     assert {f.name: getattr(settings, f.name) for f in fields(settings)} == {
-        "data": "x", "test_data": "y", "manifest": "m.toml", "partition": "iid", "sites": 5,
-        "min_site_size": 7, "val_fraction": 0.25, "test_fraction": 0.4, "seed": 9}
+        "data": "x", "test_data": "y", "test_ids": "ids.txt", "manifest": "m.toml",
+        "partition": "iid", "sites": 5, "min_site_size": 7, "val_fraction": 0.25,
+        "test_fraction": 0.4, "seed": 9}
     # Settings that do not shape the split do not change the cache key.
     assert SplitSettings.of(replace(cfg, rounds=3, strategy="fedprox")) == settings
 

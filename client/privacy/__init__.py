@@ -10,6 +10,8 @@ The cumulative epsilon is computed from the whole ledger with an Opacus accounta
 ``rdp`` or ``prv`` (:mod:`~client.privacy.accounting`). The budget (epsilon, delta) is
 the site's own setting, never the server's; :func:`calibrate_noise` and
 :func:`check_round` keep every round within it (:mod:`~client.privacy.calibration`).
+A request the site already answered (a resumed coordinator) gets the release it sent,
+at no new cost (:mod:`~client.privacy.replay`).
 """
 
 from client.privacy.accounting import ACCOUNTANTS, History, epsilon_of, merge_history

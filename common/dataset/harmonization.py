@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,7 +31,21 @@ import numpy as np
 from common.dataset.multiomics import MultiOmicsData
 from common.schema import FeatureSchema
 
-GENE_ID_TABLE = Path(__file__).resolve().parent / "gene_ids.tsv"
+
+def _shipped_table(relative: str = "common/dataset/gene_ids.tsv") -> Path:
+    """The shipped table: beside this module, or, when the module runs from a Flower app
+    bundle (which carries only code and TOML), in the installed project on ``sys.path``."""
+    here = Path(__file__).resolve().parent / Path(relative).name
+    if here.exists():
+        return here
+    for entry in sys.path:
+        candidate = Path(entry or ".") / relative
+        if candidate.exists():
+            return candidate.resolve()
+    return here  # reading it names the missing file
+
+
+GENE_ID_TABLE = _shipped_table()
 NAMESPACES = ("symbol", "entrez", "ensembl")
 
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*G\d{11})(\.\d+)?(_PAR_Y)?$")
@@ -112,6 +127,8 @@ def canonical_names(
         raise ValueError(f"target must be one of {NAMESPACES}, not {target!r}")
     table = table or shipped_gene_ids()
     maps = {src: table.lookup(src, target) for src in NAMESPACES if src != target}
+    # A known symbol in any case is written as the table writes it (foxa1 -> FOXA1).
+    symbols = {row[0].upper(): row[0] for row in table.rows if row[0]}
     out, unmapped = [], []
     for name in names:
         kind = id_kind(name)
@@ -131,7 +148,7 @@ def canonical_names(
         else:
             key, src = name.upper(), "symbol"
         if src == target:
-            out.append(key if src != "symbol" else name)
+            out.append(key if src != "symbol" else symbols.get(key, name))
             continue
         hit = maps[src].get(key)
         if hit is None:

@@ -10,6 +10,7 @@ import csv
 import re
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,10 +243,39 @@ def read_modality(directory: Path, spec: TableSpec, prefix: str, out: Findings) 
                 )
             block[c] = conv
     values = block.to_numpy(dtype=np.float64)
-    missing = np.isnan(values) & ~bad
-    # Offending cells are not "missing", so a row with one is not taken for empty.
+    present = check_values(values, ids, raw.lines, rel, spec, out,
+                           lambda k: _col_name(names, k, positions[k]), offending=bad,
+                           constant=True)
+    if present is None or names is None:
+        return None
+    return finish_table(rel, ids, raw.lines, names, values, present, spec, None, out)
+
+
+def check_values(
+    values: np.ndarray,
+    ids: list[str],
+    lines: np.ndarray,
+    rel: str,
+    spec: TableSpec,
+    out: Findings,
+    column: Callable[[int], str],
+    *,
+    offending: np.ndarray | None = None,
+    constant: bool = False,
+) -> np.ndarray | None:
+    """The missing-value and range checks every reader applies to its patients x features
+    matrix; returns which rows hold the modality (None when no row does).
+
+    A row with no value at all means the patient lacks the modality (warning); a feature
+    with no value at all, infinite values and (with ``qc.missing = "error"``) a missing
+    value inside a row are errors naming the file, ``column(k)`` and the row's line.
+    ``offending`` cells (already reported, e.g. non-numeric) do not count as missing;
+    ``constant`` also warns about constant features.
+    """
+    missing = np.isnan(values)
+    if offending is not None:
+        missing &= ~offending  # a row with an offending cell is not taken for empty
     present = ~missing.all(axis=1)
-    empty_rows = ~present
     if not present.any():
         out.error("no patient has a value in this file (every row is empty)", file=rel)
         return None
@@ -253,35 +283,24 @@ def read_modality(directory: Path, spec: TableSpec, prefix: str, out: Findings) 
     if spec.qc.missing == "drop-feature":
         dead[:] = False  # dropped by QC like any feature with a missing value
     for k in np.flatnonzero(dead):
-        out.error(
-            "feature column has no value at all",
-            file=rel,
-            column=_col_name(names, k, positions[k]),
-            kind="all-missing columns",
-        )
-    partial = missing & present[:, None] & ~dead[None, :]
-    if spec.qc.missing != "error":
-        partial[:] = False  # the missing-value policy handles them below
-    for i, k in np.argwhere(partial):
-        out.error(
-            "missing value (empty or NaN); only an entirely empty row may mark a missing modality",
-            file=rel,
-            column=_col_name(names, k, positions[k]),
-            row=raw.lines[i],
-            kind="missing values",
-        )
+        out.error("feature column has no value at all", file=rel, column=column(k),
+                  kind="all-missing columns")
+    if spec.qc.missing == "error":
+        partial = missing & present[:, None] & ~dead[None, :]
+        for i, k in np.argwhere(partial):
+            out.error(
+                f"missing value (empty or NaN) for patient {ids[i]!r}; only an entirely "
+                "empty row may mark a missing modality (or set qc.missing to drop the "
+                "feature or mask the patient)",
+                file=rel, column=column(k), row=lines[i], kind="missing values",
+            )
     # nan_to_num maps inf to the float64 maximum, so one comparison catches inf and
     # values that would overflow float32.
     huge = np.abs(np.nan_to_num(values)) > np.finfo(np.float32).max
     for i, k in np.argwhere(huge):
-        out.error(
-            f"infinite or out-of-range value {float(values[i, k])!r}",
-            file=rel,
-            column=_col_name(names, k, positions[k]),
-            row=raw.lines[i],
-            kind="infinite values",
-        )
-    if present.sum() >= 2:
+        out.error(f"infinite or out-of-range value {float(values[i, k])!r}", file=rel,
+                  column=column(k), row=lines[i], kind="infinite values")
+    if constant and present.sum() >= 2:
         live = values[present]
         with warnings.catch_warnings():
             # All-NaN columns are reported above; numpy would warn about them again.
@@ -292,21 +311,16 @@ def read_modality(directory: Path, spec: TableSpec, prefix: str, out: Findings) 
             out.warning(
                 f"constant column (every patient has {top[k]:g}): no information at this "
                 "site; fine for e.g. a one-hot clinical column",
-                file=rel,
-                column=_col_name(names, k, positions[k]),
-                kind="constant columns",
+                file=rel, column=column(k), kind="constant columns",
             )
-    if empty_rows.any():
-        idx = np.flatnonzero(empty_rows)
+    if not present.all():
+        idx = np.flatnonzero(~present)
         out.warning(
-            f"{len(idx)} patient(s) have an entirely empty row and are treated as lacking "
-            f"this modality: {examples([ids[i] for i in idx], raw.lines[idx])}",
-            file=rel,
-            row=raw.lines[idx[0]],
+            f"{len(idx)} patient(s) have an entirely empty row (no value at all) and are "
+            f"treated as lacking this modality: {examples([ids[i] for i in idx], lines[idx])}",
+            file=rel, row=lines[idx[0]],
         )
-    if names is None:
-        return None
-    return finish_table(rel, ids, raw.lines, names, values, present, spec, None, out)
+    return present
 
 
 def finish_table(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from common.pki import Pki, PkiError, check_server_files
 from common.processes import stop_process
 from server.coordinator.flwr_cli import run_details
+from server.coordinator.progress import RoundWatcher
 from server.coordinator.records import append_record
 from server.coordinator.registry import sync_sites
 from server.coordinator.runs import follow_run, prepare_run_config, stop_previous_run, submit_run
@@ -28,8 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 def run_coordinator(cfg: CoordinatorConfig,
-                    echo: Callable[[str], None] | None = None) -> RunResult:
-    """Everything ``coordinator start`` does; returns when the run has finished."""
+                    echo: Callable[[str], None] | None = None,
+                    progress: Callable[[str], None] | None = None) -> RunResult:
+    """Everything ``coordinator start`` does; returns when the run has finished.
+    ``echo`` gets the run's log lines, ``progress`` a "sites registered" line and one
+    line per completed round."""
     pki = Pki(cfg.pki_dir)
     try:
         check_server_files(pki.ca_cert, pki.server_cert, pki.server_key,
@@ -72,6 +76,9 @@ def run_coordinator(cfg: CoordinatorConfig,
     try:
         report = sync_sites(cfg, env)
         logger.info("sites: %s", report.as_dict())
+        if progress is not None:
+            progress(f"sites registered: {len(report.nodes)}"
+                     + (f" ({', '.join(sorted(report.nodes))})" if report.nodes else ""))
         if cfg.resume:
             stop_previous_run(cfg, env)
         started = time.perf_counter()
@@ -79,7 +86,13 @@ def run_coordinator(cfg: CoordinatorConfig,
         append_record(cfg, run_id=run_id, resume=cfg.resume,
                        rounds=flat.get("rounds"), sites=report.nodes)
         logger.info("run %s submitted (%s)", run_id, cfg.run_dir)
-        status = follow_run(run_id, env, cfg.run_dir / "coordinator.log", echo)
+        watcher = None if progress is None else RoundWatcher(
+            cfg.run_dir, progress, _rounds_total(flat)).start()
+        try:
+            status = follow_run(run_id, env, cfg.run_dir / "coordinator.log", echo)
+        finally:
+            if watcher is not None:
+                watcher.stop()
         details = run_details(run_id, env)
         metrics_path = cfg.run_dir / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
@@ -100,3 +113,13 @@ def run_coordinator(cfg: CoordinatorConfig,
         if metrics_server is not None:
             metrics_server.shutdown()
         (cfg.state_dir / PID_FILE).unlink(missing_ok=True)
+
+
+def _rounds_total(flat: dict) -> int | None:
+    """The run's number of rounds (its config's, else the default)."""
+    from common.config import RunConfig
+
+    try:
+        return RunConfig.from_flower(flat).rounds
+    except (ValueError, TypeError):
+        return None

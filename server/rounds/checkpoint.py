@@ -53,6 +53,7 @@ class Checkpoint:
     setup_seconds: float = 0.0
     class_prior: list[float] | None = None  # distributed DP: from the noised class counts
     distributed_dp: dict | None = None
+    run_key: str = ""  # "" in checkpoints written before runs had a key: a new one is drawn
     format: int = CHECKPOINT_FORMAT
 
     def check_compatible(self, cfg: RunConfig) -> None:
@@ -82,6 +83,7 @@ class Checkpoint:
             distributed_dp=(dict(self.distributed_dp) if self.distributed_dp is not None
                             else None),
             resumed_from=[*self.resumed_from, self.round],
+            **({"run_key": self.run_key} if self.run_key else {}),
         )
 
     @classmethod
@@ -100,7 +102,7 @@ class Checkpoint:
             central_dp=outcome.central_dp, config=cfg.to_dict(),
             resumed_from=outcome.resumed_from, seconds=seconds,
             setup_seconds=outcome.setup_seconds,
-            distributed_dp=outcome.distributed_dp,
+            distributed_dp=outcome.distributed_dp, run_key=outcome.run_key,
             class_prior=(None if outcome.setup.class_prior is None
                          else [float(p) for p in outcome.setup.class_prior]),
         )

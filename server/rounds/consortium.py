@@ -45,13 +45,15 @@ def describe_sites(grid: Grid, nodes: list[int], timeout: float, *, attempts: in
 
 
 def consortium_schema(descriptions: list[SiteDescription]) -> FeatureSchema:
-    """Union of the sites' modalities; shared modalities must have identical features.
+    """Union of the sites' modalities, each in the consortium's features.
 
-    A site may lack a whole modality (it trains with that modality masked), but two
-    sites may not disagree on a modality's features or on the class names.
+    A site may lack a whole modality (it trains with that modality masked) or some of a
+    modality's features (masked at that site): the rule is
+    :func:`common.consortium_features.consortium_modalities`. All sites must have the
+    same class names.
     """
-    modalities: dict[str, tuple[str, ...]] = {}
-    owner: dict[str, str] = {}
+    from common.consortium_features import consortium_modalities
+
     labels = descriptions[0].schema.label_names
     for d in descriptions:
         if d.schema.label_names != labels:
@@ -60,30 +62,41 @@ def consortium_schema(descriptions: list[SiteDescription]) -> FeatureSchema:
                 f"{descriptions[0].site!r} has {list(labels)}; give every site the same "
                 "label_names in its dataset.toml"
             )
-        for m, feats in d.schema.modalities:
-            if m not in modalities:
-                modalities[m], owner[m] = feats, d.site
-            elif set(modalities[m]) != set(feats):
-                raise SchemaMismatchError(
-                    f"modality {m!r}: site {d.site!r} and site {owner[m]!r} have different "
-                    "feature names"
-                )
-    return FeatureSchema(tuple(modalities.items()), labels)
+    try:
+        # Keyed by name and position: two sites must not collapse into one.
+        modalities = consortium_modalities({f"{d.site}\t{i:06d}": d.schema
+                                            for i, d in enumerate(descriptions)})
+    except ValueError as exc:
+        raise SchemaMismatchError(str(exc)) from exc
+    return FeatureSchema(modalities, labels)
+
+
+def feature_coverage(schema: FeatureSchema, d: SiteDescription) -> dict:
+    """Per modality: the consortium's features and how many this site has (from names)."""
+    from common.consortium_features import coverage, site_columns
+
+    return coverage(site_columns(schema, d.schema))
 
 
 def merge_descriptions(descriptions: list[SiteDescription], class_weighting: str
                        ) -> tuple[ConsortiumSetup, list[dict]]:
-    """The consortium setup and the per-site summary (name, patients, class counts)."""
+    """The consortium setup and the per-site summary (name, patients, class counts,
+    feature coverage)."""
+    from common.consortium_features import pooled_standardizer
     from common.losses import class_weights
 
     schema = consortium_schema(descriptions)
-    standardizer = Standardizer.from_stats(FeatureStats.merge([d.stats for d in descriptions]),
-                                           schema)
+    if all(d.schema.modalities == schema.modalities for d in descriptions):
+        standardizer = Standardizer.from_stats(
+            FeatureStats.merge([d.stats for d in descriptions]), schema)
+    else:
+        standardizer = pooled_standardizer(schema, [(d.schema, d.stats) for d in descriptions])
     counts = np.sum([d.class_counts for d in descriptions], axis=0)
     setup = ConsortiumSetup(schema, standardizer, class_weights(counts, class_weighting))
     sites = [{"site": d.site, "n_train": d.n_train, "n_val": d.n_val,
               "class_counts": {n: int(c) for n, c in zip(schema.label_names, d.class_counts,
-                                                         strict=True)}}
+                                                         strict=True)},
+              "features": feature_coverage(schema, d)}
              for d in descriptions]
     logger.info("%d sites, %d training patients; classes %s", len(sites), int(counts.sum()),
                 dict(zip(schema.label_names, counts.tolist(), strict=True)))
@@ -144,7 +157,8 @@ def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
                             np.ones(n_classes, dtype=np.float32), prior)
     logger.info("%d sites; noised class counts %s", len(descriptions),
                 dict(zip(schema.label_names, np.round(counts[0], 1).tolist(), strict=True)))
-    return FederationOutcome(setup, [{"site": d.site} for d in descriptions],
+    return FederationOutcome(setup, [{"site": d.site, "features": feature_coverage(schema, d)}
+                                     for d in descriptions],
                              distributed_dp={"noise_plan": plan.to_dict(),
                                              "class_counts": [float(c) for c in counts[0]],
                                              "patients": patients})

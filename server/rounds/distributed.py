@@ -11,6 +11,9 @@ consortium sum through SecAgg+, already carrying Gaussian noise the sites added
 * each round, turns the noised gradient sum into a gradient step: the aggregate handed to
   the strategy is ``global - lr * sum / patients``, so FedAvg adopts the step and FedAvgM
   adds server momentum (post-processing, which costs no privacy);
+* for the class-centroid model (:mod:`common.centroid`), takes the centre from round 1's
+  noised sum of feature vectors and the class centroids from round 2's noised class sums
+  (:class:`CentroidFit`) instead of gradient steps;
 * after the last round, turns the final model's noised validation confusion counts into
   one pooled validation reply. The run's model is the last round's: rounds are not
   ranked on validation (see :mod:`common.distributed_dp`).
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
+from common.centroid import CENTROID_KIND, fit_centroids
 from common.config import RunConfig, TrainConfig
 from common.distributed_dp import DEFAULT_DELTA, NoisePlan
 from common.protocol import METRICS, SITE, SiteMetrics, site_record, to_array
@@ -45,7 +49,8 @@ NOISED_SUM = "consortium (noised sum)"
 def noise_plan_for(cfg: RunConfig, sites: int) -> NoisePlan:
     """The run's noise plan: shares sized for ``sites`` (every site that joined)."""
     plan = NoisePlan.calibrate(cfg.epsilon, cfg.delta or DEFAULT_DELTA, cfg.rounds,
-                               cfg.max_grad_norm, sites)
+                               cfg.max_grad_norm, sites,
+                               centre_round=cfg.model.kind == CENTROID_KIND)
     logger.info("distributed DP: epsilon %g at delta %g over %d rounds; noise multipliers "
                 "%.3f (gradients), %.3f (validation), %.3f (class counts); shares sized "
                 "for %d sites", plan.epsilon, plan.delta, plan.rounds, plan.gradient_noise,
@@ -99,6 +104,34 @@ class GradientStep:
         return ArrayRecord(out)
 
 
+@dataclass
+class CentroidFit:
+    """Turns the class-centroid model's two noised sums into its weights."""
+
+    plan: NoisePlan
+    class_counts: np.ndarray  # noised
+    patients: float  # noised total
+
+    def aggregate(self, global_arrays: ArrayRecord, sums: list[np.ndarray], server_round: int,
+                  sites: int) -> ArrayRecord:
+        state = {k: global_arrays[k].numpy() for k in global_arrays}
+        if len(sums) != len(state):
+            raise ValueError(f"noised sum has {len(sums)} tensors, the model {len(state)}")
+        released = dict(zip(state, sums, strict=True))
+        if self.plan.centre_round and server_round == 1:
+            state["centre"] = released["centre"].reshape(state["centre"].shape) / self.patients
+        else:
+            weight = released["head.weight"].reshape(state["head.weight"].shape)
+            # ``sites`` shares, each sized so that ``min_sites`` of them make the plan's noise.
+            noise_std = (self.plan.round_noise(server_round) * self.plan.clip
+                         * np.sqrt(sites / self.plan.min_sites))
+            state["head.weight"], state["head.bias"] = fit_centroids(
+                weight, self.class_counts, noise_std)
+            state["radius"] = np.full(state["radius"].shape, self.plan.clip)
+        return ArrayRecord({k: to_array(np.asarray(v).astype(global_arrays[k].numpy().dtype))
+                            for k, v in state.items()})
+
+
 def validation_reply(confusion_sum: np.ndarray, n_classes: int, request: Message) -> Message:
     """The noised pooled confusion counts as one validation reply (rounded, clipped at 0:
     post-processing of the noised sum)."""
@@ -125,11 +158,15 @@ class DistributedRun:
     patients: float
     n_classes: int
     train: TrainConfig  # the step's learning rate and its schedule over the run
+    centroids: CentroidFit | None = None  # the class-centroid model, fit instead of steps
 
     @classmethod
     def of(cls, outcome_record: dict, cfg: RunConfig, n_classes: int) -> DistributedRun:
-        return cls(NoisePlan(**outcome_record["noise_plan"]), float(outcome_record["patients"]),
-                   n_classes, cfg.train)
+        plan = NoisePlan(**outcome_record["noise_plan"])
+        patients = float(outcome_record["patients"])
+        centroids = (CentroidFit(plan, np.asarray(outcome_record["class_counts"]), patients)
+                     if cfg.model.kind == CENTROID_KIND else None)
+        return cls(plan, patients, n_classes, cfg.train, centroids)
 
     def learning_rate(self, server_round: int) -> float:
         from common.optimization import lr_at
@@ -147,8 +184,12 @@ class DistributedRun:
             if problem is not None:
                 secure.rejected.append({"site": NOISED_SUM, "reason": problem})
             return
-        step = GradientStep(self.patients, self.learning_rate(server_round))
-        secure.aggregate = step.aggregate(global_arrays, sums)
+        if self.centroids is not None:
+            secure.aggregate = self.centroids.aggregate(global_arrays, sums, server_round,
+                                                        secure.accepted)
+        else:
+            step = GradientStep(self.patients, self.learning_rate(server_round))
+            secure.aggregate = step.aggregate(global_arrays, sums)
         secure.num_examples = secure.accepted  # weight of the one consortium reply
 
     def open_validation(self, secure: SecureRound, request: Message) -> Message | None:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
@@ -67,8 +67,7 @@ def run_federation(
     for rnd in range(run.first_round, cfg.rounds + 1):
         if not run.sites_connected(rnd):
             break
-        collected = run.executor.collect_train(rnd, run.arrays,
-                                               run.round_config(rnd).to_record())
+        collected = run.executor.collect_train(rnd, run.arrays, run.round_record(rnd))
         if pending is not None:  # checkpointed before the strategy aggregates this round
             stop = run.tracker.finish(*pending, collected.replies)
             pending = None
@@ -88,7 +87,7 @@ def run_federation(
         pending = run.aggregated(record, result)
     if pending is not None:  # validate the last aggregate
         replies = run.executor.evaluate(pending[0].round, run.arrays,
-                                        run.round_config(pending[0].round).to_record())
+                                        run.round_record(pending[0].round))
         if run.distributed is not None:
             pending[0].add_spent(replies)
         run.tracker.finish(*pending, replies)
@@ -198,6 +197,15 @@ class _Run:
                            progress_start=(rnd - 1) / cfg.rounds, progress_end=rnd / cfg.rounds,
                            server_round=rnd,
                            noise_plan=self.distributed.plan if self.distributed else None)
+
+    def round_record(self, rnd: int) -> ConfigRecord:
+        """The round's config as sent: :meth:`round_config` plus the run's key and each
+        site's epsilon recorded so far, which a site checks its ledger against."""
+        from common.spend_record import with_account
+        from server.outputs import per_site_epsilon
+
+        return with_account(self.round_config(rnd).to_record(), self.outcome.run_key,
+                            per_site_epsilon(self.outcome.rounds))
 
     def sites_connected(self, rnd: int) -> bool:
         """Wait for ``min_sites``; False (and the reason recorded) when they do not come.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,8 @@ class FederationOutcome:
     distributed_dp: dict | None = None
     seconds: float = 0.0  # the whole federation, setup included
     resumed_from: list[int] = field(default_factory=list)  # last completed round at restarts
+    # Names the run to the sites across restarts (see common.spend_record).
+    run_key: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def schema(self) -> FeatureSchema:

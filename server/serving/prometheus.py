@@ -44,10 +44,20 @@ class ServingMetrics:
         self.errors = Counter(
             "cancer_alpha_errors_total",
             "Failed requests by kind (auth, forbidden, validation, too_large, not_found, "
-            "internal)", ["route", "kind"], registry=r)
+            "unavailable, internal)", ["route", "kind"], registry=r)
+        self.cache_lookups = Counter(
+            "cancer_alpha_prediction_cache_lookups_total",
+            "Patients looked up in the prediction cache, by result (hit, miss)", ["result"],
+            registry=r)
         self.model_info = Gauge(
             "cancer_alpha_model_info", "The served model (value 1)", ["model_id", "stage"],
             registry=r, multiprocess_mode="max")
+
+    def count_cache_lookups(self, hits: int, misses: int) -> None:
+        if hits:
+            self.cache_lookups.labels("hit").inc(hits)
+        if misses:
+            self.cache_lookups.labels("miss").inc(misses)
 
     def render(self) -> tuple[bytes, str]:
         """Exposition text for ``/metrics`` (all workers' when in multiprocess mode)."""
@@ -65,5 +75,5 @@ def error_kind(status: int) -> str | None:
     if status < 400:
         return None
     return {401: "auth", 403: "forbidden", 404: "not_found", 405: "not_found",
-            413: "too_large", 422: "validation"}.get(status,
+            413: "too_large", 422: "validation", 503: "unavailable"}.get(status,
                                                       "internal" if status >= 500 else "client")

@@ -171,8 +171,9 @@ class Registry:
         return rec
 
     def promote(self, ref: str, *, stage: str = "production", actor: Actor,
-                request_id: str = "") -> ModelRecord:
-        """Move a model to ``stage``; a new production model archives the previous one."""
+                request_id: str = "", reason: str = "") -> ModelRecord:
+        """Move a model to ``stage``; a new production model archives the previous one.
+        A ``reason`` is kept in the audit record."""
         if stage not in STAGES:
             raise RegistryError(f"stage {stage!r} is not one of {STAGES}")
         name, version = parse_ref(ref)
@@ -193,7 +194,8 @@ class Registry:
             rec.stage, rec.stage_changed_at = stage, now
             self.audit.append(actor=actor.subject, role=actor.role, action="registry.promote",
                               model_id=rec.ref, request_id=request_id,
-                              detail={"from": previous, "to": stage, "archived": archived},
+                              detail={"from": previous, "to": stage, "archived": archived,
+                                      **({"reason": reason} if reason else {})},
                               session=s)
         return rec
 

@@ -65,6 +65,9 @@ class ServingSettings:
     required_modalities: tuple[str, ...] = ()
     # Trace and freeze the network with TorchScript for serving (see predictor.py).
     torchscript: bool = True
+    # In-process LRU of predictions per worker (prediction_cache.py): patients it holds.
+    prediction_cache: bool = True
+    prediction_cache_size: int = 10_000
     metrics_public: bool = False  # /metrics without a token (scrape over a private network)
     ssl_keyfile: str = ""
     ssl_certfile: str = ""
@@ -136,6 +139,9 @@ class ServingSettings:
             problems.append(f"torch_threads must be >= 0, got {self.torch_threads}")
         if self.max_batch < 1:
             problems.append(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.prediction_cache and self.prediction_cache_size < 1:
+            problems.append("prediction_cache_size must be >= 1 (or set prediction_cache "
+                            f"= false), got {self.prediction_cache_size}")
         if bool(self.ssl_keyfile) != bool(self.ssl_certfile):
             problems.append("ssl_keyfile and ssl_certfile must be given together")
         if self.auth.token_ttl_seconds < 1:

@@ -7,7 +7,9 @@ way by both engines), same model, rounds, local epochs and seed:
   one process for everything);
 * deployment: ``cancer-alpha coordinator start`` (flower-superlink, TLS, node
   authentication) and one ``cancer-alpha site start --config`` per site
-  (flower-supernode), all real processes on loopback.
+  (flower-supernode), all real processes on loopback; once with each ClientApp mode of
+  ``--clientapp``: ``worker`` (the sites' long-lived worker, :mod:`client.worker`) and
+  ``subprocess`` (Flower's fresh ``flwr-clientapp`` process per message).
 
 Both ServerApps hold the global test split and evaluate it every round, so the server
 does the same work; the per-round time is the ServerApp's own measurement (send,
@@ -15,9 +17,9 @@ wait for the replies, aggregate, evaluate) in both engines.
 
 Then it measures where the deployment overhead goes:
 
-* process start and imports: the deployment engine runs every message in a fresh
-  ``flwr-clientapp`` process (subprocess isolation), which starts Python, imports
-  Flower, torch and the project, and loads the site's data; the simulation engine's
+* process start and imports: in ``subprocess`` mode every message runs in a fresh
+  ``flwr-clientapp`` process, which starts Python, imports Flower, torch and the
+  project, and loads the site's data; the site worker and the simulation engine's
   actors pay this once. Timed in fresh subprocesses, median of ``--repeats``;
 * serialization: the model weights deflated into Flower objects and inflated back, as
   for every message over the Fleet API (twice per site and round);
@@ -28,6 +30,9 @@ Then it measures where the deployment overhead goes:
 * the remainder: HTTPS round trips, object store, waiting for the slowest site.
 
     python -m simulations.benchmarks.deployment_vs_simulation --rounds 3 --sites 3
+
+The goal line compares the mean deployed round with twice the simulated round plus the
+network time (Flower's polling and the weights' serialization, both estimated below).
 
 Prints a table and writes ``benchmark.json`` to ``--out``.
 """
@@ -46,6 +51,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from client.worker import DEFAULT_POLL_INTERVAL as WORKER_POLL_INTERVAL
 from common.config import ModelConfig, RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,6 +63,8 @@ REPLY_POLL_INTERVAL = 0.5  # SuperNode waits for the ClientApp's reply
 # The round loop's own exchange (server.rounds.exchange.exchange) polls for replies at most
 # every 1 s (Flower's Grid.send_and_receive: 3 s in deployment, 0.1 s in simulation).
 REPLY_COLLECT_INTERVAL = 1.0
+MODES = {"worker": ("worker",), "subprocess": ("subprocess",),
+         "both": ("subprocess", "worker")}
 
 
 def _round_seconds(metrics: dict) -> list[float]:
@@ -76,12 +84,15 @@ def run_simulation(cfg: RunConfig, out: Path) -> dict:
 
 
 # --- deployment engine ------------------------------------------------------------------
-def run_deployment(cfg: RunConfig, out: Path, data_dir: Path, data_root: Path) -> dict:
-    """A coordinator and ``cfg.sites`` sites as real processes; the same run config."""
+def run_deployment(cfg: RunConfig, out: Path, data_dir: Path, data_root: Path,
+                   clientapp: str = "worker") -> dict:
+    """A coordinator and ``cfg.sites`` sites as real processes; the same run config.
+    ``clientapp``: how the sites run their tasks (``client.launcher.CLIENTAPP_ENV``)."""
+    from client.launcher import CLIENTAPP_ENV
     from simulations.consortium import DemoPartition, LoopbackConsortium, make_pki
 
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="deploy-", dir=out))
+    work = Path(tempfile.mkdtemp(prefix=f"deploy-{clientapp}-", dir=out))
     sites = [f"site-{i}" for i in range(cfg.sites)]
     pki = make_pki(work / "pki", sites)
     flat = cfg.to_flower()
@@ -89,8 +100,12 @@ def run_deployment(cfg: RunConfig, out: Path, data_dir: Path, data_root: Path) -
     overrides = {k: flat[k] for k in ("data", "seed", "partition", "sites", "round-patience",
                                       "dp")}
     overrides.update({k: v for k, v in flat.items() if k.startswith(("model.", "train."))})
+    # Flower refuses a run config key the app does not declare in pyproject.toml.
+    declared = _declared_run_config()
+    overrides = {k: v for k, v in overrides.items() if k in declared}
     run_config = " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
-    consortium = LoopbackConsortium(work, pki, env={"CANCER_ALPHA_DATA": str(data_root)})
+    consortium = LoopbackConsortium(work, pki, env={"CANCER_ALPHA_DATA": str(data_root),
+                                                    CLIENTAPP_ENV: clientapp})
 
     started = time.perf_counter()
     try:
@@ -119,8 +134,23 @@ def run_deployment(cfg: RunConfig, out: Path, data_dir: Path, data_root: Path) -
             "messages": cfg.sites * (len(m["rounds"]) + 2), "work_dir": str(work)}
 
 
+def _declared_run_config() -> set[str]:
+    """The run config keys of the app's pyproject.toml, dotted like Flower's."""
+    import tomllib
+
+    def keys(table: dict, prefix: str = "") -> set[str]:
+        out: set[str] = set()
+        for k, v in table.items():
+            out |= keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+        return out
+
+    doc = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return keys(doc["tool"]["flwr"]["app"]["config"])
+
+
 # --- where the overhead goes -----------------------------------------------------------------
 _EVENTS = (("Receiving: train", "received"), ("Start `flwr-clientapp` process", "launched"),
+           ("ClientApp task started in the site worker", "launched"),
            ("Sending: train", "reply_ready"), ("Sent successfully", "sent"))
 
 
@@ -161,11 +191,11 @@ def round_path(dep: dict, timelines: list[list[dict[str, float]]]) -> dict[str, 
     return {
         "round": mean_round,
         "sites busy (first message taken -> last reply sent)": statistics.mean(spans),
-        "  SuperExec launch delay (mean)": statistics.mean(
+        "  task pick-up delay (SuperExec or site worker, mean)": statistics.mean(
             m["launched"] - m["received"] for m in msgs),
-        "  ClientApp process, start -> reply (mean)": statistics.mean(
+        "  ClientApp task, start -> reply (mean)": statistics.mean(
             m["reply_ready"] - m["launched"] for m in msgs),
-        "  ClientApp process, start -> reply (slowest site)": statistics.mean(
+        "  ClientApp task, start -> reply (slowest site)": statistics.mean(
             max(m["reply_ready"] - m["launched"] for m in r) for r in per_round),
         "  reply upload (mean)": statistics.mean(m["sent"] - m["reply_ready"] for m in msgs),
         "outside the sites (SuperNode pick-up polling, server collection, aggregation)":
@@ -222,8 +252,20 @@ def time_serialization(cfg: RunConfig, data_dir: Path, repeats: int = 5) -> dict
     return {"seconds_per_hop": statistics.median(times), "bytes_per_hop": float(size)}
 
 
+def network_seconds(serial: dict[str, float], sites: int, task_poll: float) -> float:
+    """Flower's polling plus the weights' serialization per round: the time a round
+    spends between processes whatever the ClientApp does."""
+    cpus = os.cpu_count() or 1
+    # A round waits for its slowest site: the expected largest of `sites` uniform waits
+    # in [0, interval] is interval * sites / (sites + 1); the server's collection is one.
+    slowest = sites / (sites + 1)
+    polling = ((SUPERNODE_PULL_INTERVAL + task_poll + REPLY_POLL_INTERVAL) * slowest
+               + REPLY_COLLECT_INTERVAL / 2)
+    return polling + serial["seconds_per_hop"] * 2 * sites / min(sites, cpus)
+
+
 def breakdown(sim: dict, dep: dict, startup: dict[str, float], serial: dict[str, float],
-              sites: int) -> dict:
+              sites: int, task_poll: float = SUPEREXEC_POLL_INTERVAL) -> dict:
     """Split the per-round overhead into measured or known parts.
 
     Every round sends one message per site; on the deployment engine each message runs
@@ -238,14 +280,14 @@ def breakdown(sim: dict, dep: dict, startup: dict[str, float], serial: dict[str,
     # A round waits for its slowest site: the expected largest of `sites` uniform waits
     # in [0, interval] is interval * sites / (sites + 1); the server's collection is one.
     slowest = sites / (sites + 1)
-    polling = ((SUPERNODE_PULL_INTERVAL + SUPEREXEC_POLL_INTERVAL + REPLY_POLL_INTERVAL)
-               * slowest + REPLY_COLLECT_INTERVAL / 2)
+    polling = ((SUPERNODE_PULL_INTERVAL + task_poll + REPLY_POLL_INTERVAL) * slowest
+               + REPLY_COLLECT_INTERVAL / 2)
     serialization = serial["seconds_per_hop"] * 2 * sites / min(sites, cpus)
     parts = {
         "ClientApp process lifetime (Flower's accounting) minus the simulation round":
             lifetime - sim_round,
-        "polling (SuperNode 3 s, SuperExec 1 s, reply 0.5 s: slowest of the sites; "
-        "server 1 s)":
+        f"polling (SuperNode 3 s, task pick-up {task_poll:g} s, reply 0.5 s: slowest of "
+        "the sites; server 1 s)":
             polling,
         "serialization of the weights (deflate + inflate, 2 hops)": serialization,
     }
@@ -276,6 +318,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="Startup timing repetitions.")
     p.add_argument("--out", type=Path, default=Path("runs/bench-deployment"))
+    p.add_argument("--clientapp", choices=sorted(MODES), default="both",
+                   help="How the sites run their tasks: the long-lived site worker, "
+                        "Flower's process per message, or both, one after the other.")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -292,45 +337,54 @@ def main(argv: list[str] | None = None) -> None:
           f"d_model {args.d_model}; {os.cpu_count()} CPU(s)", flush=True)
     sim = run_simulation(cfg, args.out / "simulation")
     print(f"simulation: {sim['wall_seconds']:.1f} s", flush=True)
-    dep = run_deployment(cfg, args.out, data_dir, bundled_data_root())
-    print(f"deployment: {dep['wall_seconds']:.1f} s", flush=True)
+    deps = {}
+    for mode in MODES[args.clientapp]:
+        deps[mode] = run_deployment(cfg, args.out, data_dir, bundled_data_root(), mode)
+        print(f"deployment ({mode}): {deps[mode]['wall_seconds']:.1f} s", flush=True)
     startup = time_startup(data_dir, cfg, args.repeats)
     serial = time_serialization(cfg, data_dir)
-    split = breakdown(sim, dep, startup, serial, args.sites)
-    path = round_path(dep, site_timelines(Path(dep["work_dir"])))
+    report = {"config": cfg.to_dict(), "simulation": sim, "startup": startup,
+              "serialization": serial, "cpus": os.cpu_count(), "deployments": {}}
 
     print("\n| engine | wall s | setup s | mean round s | rounds s |\n|---|---|---|---|---|")
-    for name, r in (("simulation", sim), ("deployment (TLS + node auth)", dep)):
+    for name, r in (("simulation", sim), *((f"deployment, {m} (TLS + node auth)", d)
+                                           for m, d in deps.items())):
         print(f"| {name} | {r['wall_seconds']:.1f} | {r['setup_seconds']:.1f} | "
               f"{statistics.mean(r['round_seconds']):.2f} | "
               f"{', '.join(f'{s:.1f}' for s in r['round_seconds'])} |")
-    print(f"\noverhead per round: {split['overhead_per_round']:.2f} s")
-    print("\n| where it goes (per round) | seconds |\n|---|---|")
-    for name, seconds in split["parts"].items():
-        print(f"| {name} | {seconds:.2f} |")
-    print("\nmeasured from the timestamped site logs (mean over rounds):\n\n"
-          "| deployment round | seconds |\n|---|---|")
-    for name, seconds in path.items():
-        print(f"| {name} | {seconds:.2f} |")
-    print(f"\nClientApp process lifetime {split['clientapp_lifetime']:.2f} s per message, of "
-          "which:\n\n| part | seconds |\n|---|---|")
-    for name, seconds in split["within_clientapp_lifetime"].items():
-        print(f"| {name} | {seconds:.2f} |")
+    sim_round = statistics.mean(sim["round_seconds"])
+    for mode, dep in deps.items():
+        task_poll = WORKER_POLL_INTERVAL if mode == "worker" else SUPEREXEC_POLL_INTERVAL
+        split = breakdown(sim, dep, startup, serial, args.sites, task_poll)
+        path = round_path(dep, site_timelines(Path(dep["work_dir"])))
+        network = network_seconds(serial, args.sites, task_poll)
+        dep_round = statistics.mean(dep["round_seconds"])
+        goal = 2 * sim_round + network
+        report["deployments"][mode] = {"deployment": dep, "breakdown": split,
+                                       "round_path": path, "network_seconds": network,
+                                       "goal_seconds": goal, "goal_met": dep_round <= goal}
+        print(f"\n## {mode}\n\ndeployed round {dep_round:.2f} s; goal 2 x {sim_round:.2f} s "
+              f"(simulated) + {network:.2f} s (network: polling and serialization) = "
+              f"{goal:.2f} s: {'met' if dep_round <= goal else 'NOT met'}")
+        print(f"\noverhead per round: {split['overhead_per_round']:.2f} s")
+        print("\nmeasured from the timestamped site logs (mean over rounds):\n\n"
+              "| deployment round | seconds |\n|---|---|")
+        for name, seconds in path.items():
+            print(f"| {name} | {seconds:.2f} |")
+        if mode == "subprocess":
+            print("\n| where it goes (per round) | seconds |\n|---|---|")
+            for name, seconds in split["parts"].items():
+                print(f"| {name} | {seconds:.2f} |")
+            print(f"\nClientApp process lifetime {split['clientapp_lifetime']:.2f} s per "
+                  "message, of which:\n\n| part | seconds |\n|---|---|")
+            for name, seconds in split["within_clientapp_lifetime"].items():
+                print(f"| {name} | {seconds:.2f} |")
     print("\n| one fresh process at a time (median) | seconds |\n|---|---|")
     for name, seconds in startup.items():
         print(f"| {name} | {seconds:.2f} |")
     print(f"\nweights message: {serial['bytes_per_hop'] / 1e6:.2f} MB, "
           f"{serial['seconds_per_hop'] * 1000:.1f} ms per deflate+inflate hop")
-    if dep.get("flower_compute"):
-        c, t = dep["flower_compute"], dep["flower_traffic"] or {}
-        print(f"Flower accounting: {c['clientapp-seconds']:.1f} ClientApp-process seconds for "
-              f"{dep['messages']} messages ({c['clientapp-seconds'] / dep['messages']:.2f} s "
-              f"each), {t.get('total-bytes', 0) / 1e6:.1f} MB over the Fleet API")
-    (args.out / "benchmark.json").write_text(json.dumps(
-        {"config": cfg.to_dict(), "simulation": sim, "deployment": dep, "startup": startup,
-         "serialization": serial, "breakdown": split, "round_path": path,
-         "cpus": os.cpu_count()}, indent=2))
-
+    (args.out / "benchmark.json").write_text(json.dumps(report, indent=2))
 
 if __name__ == "__main__":
     main()

@@ -7,8 +7,10 @@ For each seed, on one split (site partition):
 * local DP (Opacus DP-SGD at every site, each site's budget epsilon) for each ``--epsilon``;
 * central DP (server clips site updates and noises their mean) at the same epsilons;
 * SecAgg+ combined with local DP at the largest epsilon;
-* distributed DP (noise shares on clipped gradient sums, summed by SecAgg+) at each
-  epsilon, and its model and schedule without noise (``--epsilon`` of 1e6).
+* distributed DP (noise shares on sums over each site's patients, summed by SecAgg+) at
+  each epsilon with its default model, the class-centroid classifier, and that model
+  without noise (epsilon 1e6); and the transformer trained by noised gradient steps at
+  the largest epsilon.
 
 Every DP run starts from an empty privacy ledger, and its sites accept noise
 multipliers up to 100 (the product's default refuses rounds above 10 as signal-free),
@@ -19,6 +21,9 @@ the default model; and a membership-inference audit
 (:mod:`simulations.membership_inference`) of the first seed's models.
 
     python -m simulations.benchmarks.privacy_utility --data brca --seeds 0 1 2
+
+``--only distributed`` runs the rows whose name contains that text (the comparisons that
+need a missing row are left out).
 
 Prints the tables and writes ``privacy_utility.json`` to ``--out``.
 """
@@ -55,6 +60,8 @@ def configurations(epsilons: list[float]) -> dict[str, dict]:
     for eps in epsilons:
         rows[f"distributed DP, eps {eps:g}"] = {"dp": "distributed", "epsilon": eps}
     rows["distributed DP, no noise (eps 1e6)"] = {"dp": "distributed", "epsilon": 1e6}
+    rows[f"distributed DP, transformer, eps {top:g}"] = {"dp": "distributed", "epsilon": top,
+                                                        "model_kind": "mmt"}
     return rows
 
 
@@ -180,11 +187,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench-privacy")
+    parser.add_argument("--only", default="", help="run only the rows whose name contains this")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from simulations.membership_inference import membership_inference
 
-    rows = configurations(args.epsilons)
+    rows = {name: spec for name, spec in configurations(args.epsilons).items()
+            if args.only in name}
     per_seed = [run_seed(args.data, s, args.out / f"seed-{s}", rows) for s in args.seeds]
     table = summarize(per_seed)
     print_markdown(table, ["method", "epsilon spent", "accuracy", "f1_macro", "f1_weighted",
@@ -193,14 +202,15 @@ def main() -> None:
                    f"{args.seeds})")
     by_name = {r["method"]: r for r in table}
     top = max(args.epsilons)
-    ref = by_name["no DP, default model"]
-    local = by_name[f"local DP, eps {top:g}"]
-    same = by_name["no DP, DP model and schedule"]
-    print(f"\nlocal DP eps {top:g} vs no DP (default model): macro-F1 "
-          f"{local['_f1'] - ref['_f1']:+.3f}; vs no DP with the same model and schedule: "
-          f"{local['_f1'] - same['_f1']:+.3f} (target: within -0.03)")
-    print(f"wall time per round, local DP / no DP with the same model and schedule: "
-          f"{local['_sec'] / same['_sec']:.2f}x")
+    ref = by_name.get("no DP, default model")
+    local = by_name.get(f"local DP, eps {top:g}")
+    same = by_name.get("no DP, DP model and schedule")
+    if ref and local and same:
+        print(f"\nlocal DP eps {top:g} vs no DP (default model): macro-F1 "
+              f"{local['_f1'] - ref['_f1']:+.3f}; vs no DP with the same model and schedule: "
+              f"{local['_f1'] - same['_f1']:+.3f} (target: within -0.03)")
+        print(f"wall time per round, local DP / no DP with the same model and schedule: "
+              f"{local['_sec'] / same['_sec']:.2f}x")
     classes = list(per_seed[0][next(iter(rows))]["recall"])
     def mean_recall(name: str, c: str) -> str:
         return f"{np.mean([seed[name]['recall'][c] for seed in per_seed]):.2f}"
@@ -208,17 +218,20 @@ def main() -> None:
     print_markdown([{"method": name, **{c: mean_recall(name, c) for c in classes}}
                     for name in rows],
                    ["method", *classes], "Test recall per class (mean over seeds)")
-    steps = step_times(args.data)
-    print_markdown([{**r, **{k: f"{v:.2f}" for k, v in r.items() if k.endswith(("ms", "ratio"))}}
-                    for r in steps],
-                   ["model", "parameters", "batch", "plain_ms", "ghost_ms", "ghost_ratio",
-                    "hooks_ms", "hooks_ratio"],
-                   "One training step, DP-SGD vs plain (median ms; target ratio <= 1.5)")
+    steps = step_times(args.data) if not args.only else []
+    if steps:
+        print_markdown(
+            [{**r, **{k: f"{v:.2f}" for k, v in r.items() if k.endswith(("ms", "ratio"))}}
+             for r in steps],
+            ["model", "parameters", "batch", "plain_ms", "ghost_ms", "ghost_ratio",
+             "hooks_ms", "hooks_ratio"],
+            "One training step, DP-SGD vs plain (median ms; target ratio <= 1.5)")
     audited = ["no DP, default model", "no DP, DP model and schedule",
                *[f"local DP, eps {e:g}" for e in args.epsilons],
-               *[f"distributed DP, eps {e:g}" for e in args.epsilons]]
+               *[f"distributed DP, eps {e:g}" for e in args.epsilons],
+               f"distributed DP, transformer, eps {top:g}"]
     audits = []
-    for name in audited:
+    for name in (n for n in audited if n in rows):
         a = membership_inference(Path(per_seed[0][name]["run_dir"]))
         audits.append({"method": name, "members": a["members"], "non-members": a["nonmembers"],
                        "loss AUC": f"{a['loss_attack']['auc']:.3f}",

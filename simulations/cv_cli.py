@@ -1,0 +1,109 @@
+"""``cancer-alpha cv``: stratified k-fold cross-validation, centralized and federated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.config import DP_MODES, RunConfig
+from common.metrics import METRIC_KEYS
+from common.model_kinds import KINDS
+from simulations.cli import (
+    DataOpt,
+    ManifestOpt,
+    PartitionOpt,
+    SeedOpt,
+    SitesOpt,
+    VerboseOpt,
+    _default,
+    _fail,
+    _given,
+    _setup_logging,
+)
+from simulations.cv import MODES, CvSettings
+
+_NO_DP = RunConfig.preset("none")
+COLUMNS = ("accuracy", "bal. acc.", "F1 macro", "F1 weighted", "AUC (OvR)")
+
+
+def cv(
+    data: DataOpt = None,
+    manifest: ManifestOpt = None,
+    folds: Annotated[int, typer.Option(
+        "--folds", help="Number of folds (stratified; within each site for the site "
+        "partition).")] = 5,
+    model: Annotated[str | None, typer.Option(
+        "--model", help=f"Model architecture: {', '.join(KINDS)}." + _default("mmt"))
+    ] = None,
+    mode: Annotated[str, typer.Option(
+        "--mode", help=f"Which models to cross-validate: {', '.join(MODES)}.")] = "both",
+    partition: PartitionOpt = None,
+    sites: SitesOpt = None,
+    dp: Annotated[str, typer.Option(
+        help=f"Differential privacy of the federated runs: {', '.join(DP_MODES)} (as in "
+        "simulate).")] = "none",
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", help="Federated rounds (the centralized model trains rounds x "
+        "local epochs epochs at most)." + _default(f"{_NO_DP.rounds} without DP"))] = None,
+    local_epochs: Annotated[int | None, typer.Option(
+        "--local-epochs", help="Local epochs per round."
+        + _default(f"{_NO_DP.local_epochs} without DP"))] = None,
+    baselines: Annotated[bool, typer.Option(
+        help="Also fit logistic regression, random forest, SVM and gradient boosting on "
+        "every fold.")] = False,
+    seed: SeedOpt = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Run directory to write (default: runs/cv-<run id>).")] = None,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print the summary as JSON instead of a table.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Stratified k-fold cross-validation of the federated and the centralized model.
+
+    Every fold is a normal run whose test split is the fold: the hospitals hold the other
+    patients and choose epochs and rounds on validation patients carved from them. Writes
+    per-fold records (metrics, patient ids, seeds) and cv.json (mean +- std per metric).
+    """
+    _setup_logging(verbose)
+    from server.rounds import FederationError
+    from simulations.cv import run_cv, with_model_kind
+    from simulations.runner import new_run_id
+
+    settings = CvSettings(folds=folds, mode=mode, baselines=baselines)
+    run_dir = out or Path("runs") / f"cv-{new_run_id()}"
+    try:
+        settings.validate()
+        cfg = with_model_kind(RunConfig.preset(dp, **_given(
+            data=data, manifest=manifest, partition=partition, sites=sites, rounds=rounds,
+            local_epochs=local_epochs, seed=seed)), model)
+        summary = run_cv(cfg, settings, run_dir, show_progress=not json_output,
+                         on_fold=None if json_output else _print_fold)
+    except (ValueError, FileNotFoundError, FederationError) as exc:
+        _fail(exc)
+    if json_output:
+        print(json.dumps(summary["summary"], indent=2))
+    else:
+        Console().print(summary_table(summary, run_dir))
+
+
+def _print_fold(record: dict) -> None:
+    scores = ", ".join(f"{model} F1m {m['f1_macro']:.3f}"
+                       for model, m in record["metrics"].items())
+    Console(stderr=True).print(f"fold {record['fold']}: {scores}")
+
+
+def summary_table(summary: dict, run_dir: Path) -> Table:
+    """Mean +- std over the folds, one row per model."""
+    table = Table(title=f"{summary['folds']}-fold cross-validation (mean +- std): {run_dir}")
+    table.add_column("model", no_wrap=True)
+    for col in COLUMNS:
+        table.add_column(col, justify="right")
+    for model, metrics in summary["summary"].items():
+        table.add_row(model, *(f"{metrics[k]['mean']:.3f} +- {metrics[k]['std']:.3f}"
+                               for k in METRIC_KEYS))
+    return table
