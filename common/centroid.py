@@ -11,9 +11,10 @@ larger share of the privacy budget:
    deviations from the centre are short, so the clipping radius (and the noise) is a
    fraction of what the uncentred vectors would need.
 
-The coordinator divides each class sum by the class's noised count and removes the
-expected noise energy from the bias (:func:`fit_centroids`), so a rare class, whose
-centroid carries more noise, is not penalised for it.
+The coordinator divides each class sum by the class's noised count and shrinks each
+centroid towards the centre by the share of its energy the noise explains
+(:func:`fit_centroids`, James-Stein), so a rare class, whose centroid carries more noise,
+neither wins nor loses every patient by chance.
 
 ``z`` gives every modality the same weight: each modality's per-patient standardized
 features (mean 0, variance 1 over the patient's own values) are scaled to norm
@@ -110,14 +111,18 @@ def fit_centroids(class_sums: np.ndarray, class_counts: np.ndarray, noise_std: f
     per-class sums of deviations.
 
     ``noise_std`` is the standard deviation of the noise on every coordinate of a class
-    sum. The score of class ``c`` is ``u . mu_c - ||mu_c||^2 / 2``; the noise adds
-    ``F * (noise_std / n_c)^2`` to ``||mu_c||^2`` on average, which the bias gives back.
+    sum. Each centroid is shrunk towards the centre by the James-Stein factor
+    ``1 - F * (noise_std / n_c)^2 / ||mu_c||^2`` (0 at the least): a rare class, whose
+    centroid is mostly noise, moves to the centre instead of claiming or losing every
+    patient by chance. The score of class ``c`` is ``u . mu_c - ||mu_c||^2 / 2``.
     """
     sums = np.asarray(class_sums, dtype=np.float64)
     counts = np.maximum(np.asarray(class_counts, dtype=np.float64), 2.0)
     centroids = sums / counts[:, None]
     noise_energy = sums.shape[1] * (noise_std / counts) ** 2
-    bias = -0.5 * ((centroids ** 2).sum(axis=1) - noise_energy)
+    energy = np.maximum((centroids ** 2).sum(axis=1), 1e-12)
+    centroids = centroids * np.maximum(0.0, 1.0 - noise_energy / energy)[:, None]
+    bias = -0.5 * (centroids ** 2).sum(axis=1)
     return centroids, bias
 
 

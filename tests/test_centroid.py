@@ -82,10 +82,16 @@ def test_fit_without_noise_gives_the_class_means_and_nearest_centroid_rule():
     scores = dev @ weight.T + bias
     nearest = np.argmin(((dev[:, None, :] - means[None]) ** 2).sum(axis=2), axis=1)
     np.testing.assert_array_equal(scores.argmax(axis=1), nearest)
-    # With noise, the expected noise energy of each centroid is given back in its bias.
-    noisy_w, noisy_b = fit_centroids(sums, counts, noise_std=2.0)
-    np.testing.assert_allclose(noisy_w, weight)
-    np.testing.assert_allclose(noisy_b - bias, 0.5 * 7 * (2.0 / counts) ** 2)
+    # With noise, each centroid shrinks by the share of its energy the noise explains.
+    noise_std = 2.0
+    noisy_w, noisy_b = fit_centroids(sums, counts, noise_std=noise_std)
+    factor = np.maximum(0, 1 - 7 * (noise_std / counts) ** 2 / (means ** 2).sum(axis=1))
+    np.testing.assert_allclose(noisy_w, means * factor[:, None])
+    np.testing.assert_allclose(noisy_b, -0.5 * (noisy_w ** 2).sum(axis=1))
+    assert (factor < 1).all()
+    # A centroid that is all noise sits at the centre: score 0 for every patient.
+    pure_noise, _ = fit_centroids(sums, counts, noise_std=1e3)
+    assert (pure_noise == 0).all()
 
 
 def test_site_releases_the_feature_sum_then_the_class_sums(tmp_path, data):
@@ -141,6 +147,7 @@ def test_coordinator_takes_the_centre_then_the_centroids(data):
     after = fit.aggregate(after_centre, released, 2, sites=3)
     weight, bias = fit_centroids(np.full(state["head.weight"].shape, 3.0), counts,
                                  plan.gradient_noise * 0.4)
+    assert np.abs(weight).max() > 0  # the sums here carry more than the noise
     np.testing.assert_allclose(after["head.weight"].numpy(), weight, rtol=1e-6)
     np.testing.assert_allclose(after["head.bias"].numpy(), bias, rtol=1e-5)
     np.testing.assert_allclose(after["radius"].numpy(), 0.4)

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("one_torch_thread")]
 
 def _simulate(data: Path, *extra: str) -> tuple[int, str]:
     result = CliRunner().invoke(build_app(), [
-        "simulate", "--data", str(data), "--sites", "3", "--rounds", "1", "--no-compare",
+        "simulate", "--data", str(data), "--sites", "3", "--rounds", "2", "--no-compare",
         "--no-report",
         *extra], env={"COLUMNS": "200"})
     return result.exit_code, result.output

@@ -92,7 +92,7 @@ def test_central_dp_run_accounts_its_budget(base: RunConfig, tmp_path: Path):
 
 def test_simulate_command_defaults_to_distributed_dp(base: RunConfig, tmp_path: Path):
     """`cancer-alpha simulate` with no privacy options: distributed DP, epsilon 8 per
-    site, and the distributed-DP model and schedule (rounds shortened here)."""
+    site, and the class-centroid model fit in its two rounds."""
     from typer.testing import CliRunner
 
     from common.cli import build_app
@@ -105,7 +105,8 @@ def test_simulate_command_defaults_to_distributed_dp(base: RunConfig, tmp_path: 
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "config.json").read_text())["run_config"]
     assert saved["dp"] == "distributed" and saved["epsilon"] == 8.0
-    assert saved["model"] == ModelConfig.for_distributed_dp().to_dict()
+    assert saved["model"] == ModelConfig(kind="centroid").to_dict()
+    assert saved["strategy"] == "fedavg"
     assert saved["local_epochs"] == RunConfig().local_epochs and saved["rounds"] == 2
     metrics = json.loads((out / "metrics.json").read_text())
     spent = metrics["per_site_epsilon"]

@@ -194,8 +194,7 @@ def test_each_aggregate_is_the_weighted_mean_of_the_finished_sites(secure_run):
 def test_secagg_with_two_sites_is_refused_before_training(bundled_dir):
     from simulations.runner import simulate
 
-    cfg = RunConfig(data=str(bundled_dir("brca")), partition="iid", sites=2, rounds=1,
-                    secagg=True)
+    cfg = RunConfig(data=str(bundled_dir("brca")), partition="iid", sites=2, secagg=True)
     with pytest.raises(ValueError, match="at least 3 sites; the iid partition has 2"):
         simulate(cfg, compare=False, show_progress=False)
 
