@@ -68,17 +68,22 @@ class CentroidClassifier(nn.Module):
 
     def patient_vectors(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``z``: every present modality scaled to norm ``1 / sqrt(M)``, missing ones 0."""
-        present = (mask > 0.5)[:, self.feature_modality].to(x.dtype)
-        z = x * self.scale * present
-        # Per-patient standardization gives each modality exactly that norm; clipping
-        # keeps the bound (and the sum's sensitivity of 1) for any input.
-        return clip_rows(z, 1.0)
+        return self._vectors(x, self._present(x, mask))
 
     def deviations(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``clip(z - centre, radius)``, with no deviation in a missing modality."""
-        present = (mask > 0.5)[:, self.feature_modality].to(x.dtype)
-        u = (self.patient_vectors(x, mask) - self.centre) * present
+        present = self._present(x, mask)
+        u = (self._vectors(x, present) - self.centre) * present
         return clip_rows(u, float(self.radius))
+
+    def _present(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``[B, F]``: 1 where the feature's modality is present."""
+        return (mask > 0.5)[:, self.feature_modality].to(x.dtype)
+
+    def _vectors(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        # Per-patient standardization gives each modality exactly norm 1/sqrt(M);
+        # clipping keeps the bound (and the sum's sensitivity of 1) for any input.
+        return clip_rows(x * self.scale * present, 1.0)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.deviations(x, mask))

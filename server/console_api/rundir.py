@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from server.coordinator.progress import METRICS_FILE, completed_rounds
+from server.coordinator.progress import METRICS_FILE, completed_rounds, participated
 from server.coordinator.settings import RECORD_FILE, RUN_CONFIG_FILE
 
 _ERROR_LINES = 20  # of coordinator.log, newest
@@ -65,7 +65,7 @@ def round_view(rec: dict, site_names: list[str], budget: float | None) -> dict[s
     sites = []
     for name in sorted(set(site_names) | {n for n in by_site if n}):
         s = by_site.get(name, {})
-        sites.append({"name": name, "participated": "n_train" in s or "epsilon" in s,
+        sites.append({"name": name, "participated": participated(s),
                       "epsilon_spent": _finite(s.get("epsilon")), "epsilon_budget": budget})
     return {"round": rec["round"],
             "metrics": {"f1_macro": _finite(val.get("f1_macro")),

@@ -36,13 +36,19 @@ def round_line(record: dict, rounds_total: int | None = None) -> str:
         parts.append(f"val macro-F1 {val['f1_macro']:.3f}")
     if _number(val.get("loss")):
         parts.append(f"val loss {val['loss']:.3f}")
-    trained = [s for s in record.get("sites", []) if "n_train" in s or "epsilon" in s]
+    trained = [s for s in record.get("sites", []) if participated(s)]
     parts.append(f"{len(trained)} site{'s' if len(trained) != 1 else ''}")
     if record.get("rejected"):
         parts.append(f"{len(record['rejected'])} rejected")
     if _number(record.get("seconds")):
         parts.append(f"{record['seconds']:.1f} s")
     return f"round {record['round']}{of}: " + ", ".join(parts)
+
+
+def participated(site: dict) -> bool:
+    """Whether a round record's site entry is an aggregated update (a plain update
+    carries its training size, a private one its epsilon)."""
+    return "n_train" in site or "epsilon" in site
 
 
 def _number(value: object) -> bool:

@@ -115,6 +115,7 @@ class CentroidFit:
     def aggregate(self, global_arrays: ArrayRecord, sums: list[np.ndarray], server_round: int,
                   sites: int) -> ArrayRecord:
         state = {k: global_arrays[k].numpy() for k in global_arrays}
+        dtypes = {k: v.dtype for k, v in state.items()}
         if len(sums) != len(state):
             raise ValueError(f"noised sum has {len(sums)} tensors, the model {len(state)}")
         released = dict(zip(state, sums, strict=True))
@@ -128,7 +129,7 @@ class CentroidFit:
             state["head.weight"], state["head.bias"] = fit_centroids(
                 weight, self.class_counts, noise_std)
             state["radius"] = np.full(state["radius"].shape, self.plan.clip)
-        return ArrayRecord({k: to_array(np.asarray(v).astype(global_arrays[k].numpy().dtype))
+        return ArrayRecord({k: to_array(np.asarray(v).astype(dtypes[k]))
                             for k, v in state.items()})
 
 
