@@ -116,15 +116,26 @@ def _model_release(site: Site, rc: RoundConfig, cfg: RunConfig, plan: NoisePlan,
 def centroid_sums(model: Any, x: Any, mask: Any, y: Any, plan: NoisePlan,
                   server_round: int) -> tuple[dict[str, Any], float]:
     """The class-centroid model's sums by state name, and their sensitivity: round 1 the
-    patients' feature vectors (norm <= 1), round 2 each class's clipped deviations."""
+    patients' feature vectors (norm <= 1), round 2 each class's clipped deviations; with
+    the plan's projection, the deviations projected and clipped again, in the first
+    columns of the weight's shape (the rest is 0)."""
     import torch
+
+    from common.centroid import clip_rows, projection_matrix
 
     with torch.no_grad():
         if plan.centre_round and server_round == 1:
             return {"centre": model.patient_vectors(x, mask).sum(dim=0)}, 1.0
         model.radius.fill_(plan.clip)
+        deviations = model.deviations(x, mask)
+        if plan.projection:
+            p = torch.from_numpy(projection_matrix(plan.projection, deviations.shape[1],
+                                                   plan.projection_seed)).to(x.dtype)
+            projected = torch.zeros_like(deviations)
+            projected[:, :plan.projection] = clip_rows(deviations @ p.T, plan.clip)
+            deviations = projected
         onehot = torch.nn.functional.one_hot(y, model.spec.n_classes).to(x.dtype)
-        return {"head.weight": onehot.T @ model.deviations(x, mask)}, plan.clip
+        return {"head.weight": onehot.T @ deviations}, plan.clip
 
 
 def _noised(values: np.ndarray, noise_multiplier: float, sensitivity: float, plan: NoisePlan,

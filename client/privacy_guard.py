@@ -1,7 +1,8 @@
 """The site's privacy account against faults: lost ledgers, repeated requests, leaks.
 
 * :func:`check_acknowledged`: the coordinator sends with every round the epsilon each
-  site reported so far in the run (:mod:`common.spend_record`). A ledger showing less
+  site reported so far, in this run and earlier ones (:mod:`common.spend_record`,
+  :mod:`server.rounds.spend_book`). A ledger showing less
   was deleted, truncated or replaced: the site refuses to train until it is restored.
 * :func:`replayed_release`: a request the site already answered (a coordinator resumed
   from its checkpoint) is answered with the same release, at no new cost
@@ -51,7 +52,7 @@ def behind_reason(spent: float, acknowledged: float | None) -> str | None:
     if acknowledged is None or spent >= acknowledged * (1 - TOLERANCE):
         return None
     return (f"the privacy ledger shows epsilon {spent:.4g} spent, but the coordinator "
-            f"recorded {acknowledged:.4g} for this site in this run: the ledger was "
+            f"recorded {acknowledged:.4g} for this site: the ledger was "
             "deleted, truncated or replaced. Restore it from its backup (`cancer-alpha "
             "site backup restore`) before the site trains again")
 

@@ -16,6 +16,12 @@ centroid towards the centre by the share of its energy the noise explains
 (:func:`fit_centroids`, James-Stein), so a rare class, whose centroid carries more noise,
 neither wins nor loses every patient by chance.
 
+When the noise would swamp the rarest class's centroid in the full feature space, the
+class sums are released in a seeded random projection of few dimensions instead
+(:func:`projection_for`, Johnson-Lindenstrauss): the noise's energy scales with the
+number of dimensions, the centroids' distances barely change. The coordinator maps the
+projected centroids back (``W = M P``), so the model keeps one weight per feature.
+
 ``z`` gives every modality the same weight: each modality's per-patient standardized
 features (mean 0, variance 1 over the patient's own values) are scaled to norm
 ``1 / sqrt(M)`` for ``M`` modalities. A missing modality contributes no deviation: the
@@ -30,11 +36,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from common.config import CENTROID_KIND, CENTROID_RADIUS
+from common.config import (
+    CENTROID_KIND,
+    CENTROID_PROJECTION,
+    CENTROID_PROJECTION_NOISE,
+    CENTROID_RADIUS,
+)
 from common.model import ModelSpec
 
-__all__ = ["CENTROID_KIND", "CentroidClassifier", "build_centroid", "clip_rows",
-           "fit_centroids"]
+__all__ = [
+    "CENTROID_KIND",
+    "CentroidClassifier",
+    "build_centroid",
+    "centroid_weights",
+    "clip_rows",
+    "fit_centroids",
+    "projection_for",
+    "projection_matrix",
+]
 
 
 class CentroidClassifier(nn.Module):
@@ -129,6 +148,38 @@ def fit_centroids(class_sums: np.ndarray, class_counts: np.ndarray, noise_std: f
     centroids = centroids * np.maximum(0.0, 1.0 - noise_energy / energy)[:, None]
     bias = -0.5 * (centroids ** 2).sum(axis=1)
     return centroids, bias
+
+
+def projection_for(n_features: int, noise_std: float, class_counts: np.ndarray,
+                   radius: float) -> int:
+    """The projection the class sums are released in: :data:`CENTROID_PROJECTION`
+    dimensions when the noise's energy on the rarest class's centroid,
+    ``F * (noise_std / n_min)^2``, exceeds :data:`CENTROID_PROJECTION_NOISE` times the
+    largest deviation's (``radius^2``); 0 (none) otherwise, or when the features are few.
+    ``class_counts`` are the noised counts (post-processing of a release)."""
+    if n_features < 2 * CENTROID_PROJECTION or noise_std <= 0:
+        return 0
+    rarest = max(float(np.min(class_counts)), 1.0)
+    swamped = n_features * (noise_std / rarest) ** 2 > CENTROID_PROJECTION_NOISE * radius ** 2
+    return CENTROID_PROJECTION if swamped else 0
+
+
+def projection_matrix(dims: int, n_features: int, seed: int) -> np.ndarray:
+    """``P`` ``[dims, F]``: Gaussian entries of variance ``1 / dims`` drawn from ``seed``
+    alone (data-independent), the same at every site and at the coordinator."""
+    rng = np.random.default_rng([seed, dims, n_features])
+    return rng.standard_normal((dims, n_features)) / math.sqrt(dims)
+
+
+def centroid_weights(class_sums: np.ndarray, class_counts: np.ndarray, noise_std: float,
+                     projection: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_centroids` of class sums ``[C, F]``; with a ``projection`` of ``k``
+    dimensions the sums are in the first ``k`` columns and the centroids ``M`` found there
+    are mapped back to ``M P`` (a patient's score ``u . (M P) = (P u) . M``)."""
+    if not projection:
+        return fit_centroids(class_sums, class_counts, noise_std)
+    centroids, bias = fit_centroids(class_sums[:, :projection], class_counts, noise_std)
+    return centroids @ projection_matrix(projection, class_sums.shape[1], seed), bias
 
 
 def build_centroid(spec: ModelSpec) -> CentroidClassifier:

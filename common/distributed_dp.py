@@ -51,6 +51,10 @@ class NoisePlan:
     # Of round 1's sum of feature vectors (the class-centroid model), 0 when round 1 is
     # a gradient round like the others.
     centre_noise: float = 0.0
+    # The class-centroid model's class sums in a seeded random projection of this many
+    # dimensions (0: none); see common.centroid.projection_for.
+    projection: int = 0
+    projection_seed: int = 0
 
     @classmethod
     def calibrate(cls, epsilon: float, delta: float, rounds: int, clip: float,

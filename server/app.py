@@ -43,6 +43,7 @@ def run_server(
             logger.warning("resume: no completed round in %s; starting from round 1",
                            run_dir / CHECKPOINT_DIR)
     from server.rounds.identity import key_bound
+    from server.rounds.spend_book import spend_book_for
 
     bound = key_bound(grid, run_dir)  # deployment: sites named by their registered keys
     grid = bound or grid
@@ -65,7 +66,7 @@ def run_server(
         outcome = run_federation(
             grid, cfg, test=test,
             checkpoint=lambda ckpt: save_checkpoint(run_dir / CHECKPOINT_DIR, ckpt),
-            on_round=report, resume=resume,
+            on_round=report, resume=resume, spend_book=spend_book_for(run_dir),
         )
     except Exception:
         metrics.run_finished(ok=False)

@@ -153,3 +153,25 @@ def test_missing_key_or_anchor_is_warned_about(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="server.serving.audit_log"):
         open_audit_log(sessions, settings)
     assert "no audit anchor" in caplog.text and "no audit key" not in caplog.text
+
+
+def test_a_log_emptied_with_its_anchor_is_caught_by_the_registry_beside_it(tmp_path):
+    from test_serving_helpers import make_bundle
+
+    from server.serving.registry import Actor, Registry
+
+    settings = make_settings(tmp_path, audit_key=KEY)
+    _, sessions = open_database(settings.database_url)
+    ref = Registry(sessions, open_audit_log(sessions, settings)).add(
+        make_bundle(tmp_path / "run"), name="m", actor=Actor("admin", "admin")).ref
+    db = Path(settings.database_url.removeprefix("sqlite:///"))
+    env = {"CANCER_ALPHA_DATABASE_URL": settings.database_url, "CANCER_ALPHA_AUDIT_KEY": KEY}
+    assert CliRunner().invoke(cli, ["audit", "verify"], env=env).exit_code == 0
+    _delete(db, "")
+    for anchor in tmp_path.rglob("*anchor*"):
+        anchor.unlink()
+    out = CliRunner().invoke(cli, ["audit", "verify", "--json"], env=env)
+    assert out.exit_code == 1
+    report = json.loads(out.stdout)
+    assert report["checked"] == 0
+    assert any(ref in p and "no record of their registration" in p for p in report["problems"])

@@ -154,6 +154,51 @@ def test_coordinator_takes_the_centre_then_the_centroids(data):
     np.testing.assert_allclose(after["centre"].numpy(), after_centre["centre"].numpy())
 
 
+def test_projection_is_chosen_when_noise_swamps_the_rarest_class():
+    from common.centroid import projection_for
+    from common.config import CENTROID_PROJECTION
+
+    counts = np.array([200.0, 20.0, 80.0])
+    # F * (sigma / n_min)^2 against 2 * radius^2 (0.5): 720 * (0.9 / 20)^2 = 1.46 > 0.5.
+    assert projection_for(720, 0.9, counts, 0.5) == CENTROID_PROJECTION
+    assert projection_for(720, 0.2, counts, 0.5) == 0  # 0.07: the centroids stand out
+    assert projection_for(720, 0.0, counts, 0.5) == 0  # no noise, nothing to gain
+    assert projection_for(40, 5.0, counts, 0.5) == 0  # too few features to project
+
+
+def test_projected_class_sums_give_the_centroids_of_the_projected_deviations(data):
+    from dataclasses import replace
+
+    from client.distributed_round import centroid_sums
+    from common.centroid import centroid_weights, clip_rows, projection_matrix
+
+    model = _model(data.schema)
+    x, mask, y = _inputs(data)
+    n_features = model.centre.shape[0]
+    k = 3  # of 5 features
+    plan = replace(NoisePlan.calibrate(8.0, 1e-5, 2, CENTROID_RADIUS, 3, centre_round=True),
+                   projection=k, projection_seed=7)
+    sums, sensitivity = centroid_sums(model, x, mask, y, plan, 2)
+    released = sums["head.weight"].double().numpy()
+    assert released.shape == (data.schema.n_classes, n_features) and sensitivity == plan.clip
+    assert (released[:, k:] == 0).all()  # only the projection's columns carry data
+    p = projection_matrix(k, n_features, 7)
+    np.testing.assert_array_equal(p, projection_matrix(k, n_features, 7))  # seed alone
+    projected = clip_rows(model.deviations(x, mask).double() @ torch.from_numpy(p).T,
+                          plan.clip)
+    assert float(projected.norm(dim=1).max()) <= plan.clip + 1e-9
+    counts = np.bincount(y.numpy(), minlength=data.schema.n_classes).astype(float)
+    weight, bias = centroid_weights(released, counts, 0.0, k, 7)
+    centroids, expected_bias = fit_centroids(released[:, :k], counts, 0.0)
+    for c in range(data.schema.n_classes):
+        np.testing.assert_allclose(centroids[c], projected[y == c].mean(dim=0).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    # The model's weights act on the unprojected deviations: u . (M P) = (P u) . M.
+    u = model.deviations(x, mask).double().numpy()
+    np.testing.assert_allclose(u @ weight.T, (u @ p.T) @ centroids.T, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(bias, expected_bias)
+
+
 def test_distributed_presets_fit_centroids_in_two_rounds_or_train_other_kinds():
     default = RunConfig()
     assert (default.model.kind, default.rounds, default.strategy) == (CENTROID_KIND, 2, "fedavg")

@@ -268,6 +268,17 @@ def test_coordinator_killed_and_resumed_continues_after_last_completed_round(con
     assert {s["site"] for s in m["rounds"][-1]["sites"]} == set(SITES)
     assert m["site_identity"]["declared_otherwise"] == []
 
+    # A ledger deleted between two runs: the coordinator's record of earlier runs makes
+    # the site refuse the next run, naming the restore command.
+    book = json.loads((consortium.state / "site-spend.json").read_text())
+    assert book == pytest.approx(m["per_site_epsilon"])
+    ledgers["site-b"].path.unlink()
+    again = consortium.coordinator("after-loss", "--rounds", "1", "--min-sites", "3",
+                                   *DP_RUN_OPTIONS)
+    assert consortium.wait(again) != 0
+    refused = consortium.log(again, lines=300)
+    assert "site-b" in refused and "ledger shows epsilon 0 spent" in refused, refused[-3000:]
+
 
 # Three hospitals of the BRCA cohort, by the tissue-source-site code of the barcode
 # (TCGA-<code>-...); each has patients of all five subtypes.

@@ -159,6 +159,12 @@ def test_a_coordinators_run_binds_names_from_its_registry_a_simulation_does_not(
         {"site-a": {"node_id": "7", "fingerprint": "f"}}))
     bound = key_bound(object(), run_dir)
     assert isinstance(bound, KeyBoundGrid) and bound.names == {7: "site-a"}
+    # A site registered while the run goes on is named by its key at its first reply.
+    (tmp_path / "state" / "sites.json").write_text(json.dumps(
+        {"site-a": {"node_id": "7", "fingerprint": "f"},
+         "site-b": {"node_id": "9", "fingerprint": "g"}}))
+    assert bound.name_of(9) == "site-b"
+    assert bound.name_of(11) == "unregistered node 11"
 
 
 class AppSite:
@@ -252,3 +258,30 @@ def test_a_repeated_distributed_release_is_sent_again_and_not_charged(tmp_path):
     assert again.epsilon == pytest.approx(first.epsilon) and again.delta == first.delta
     replayed_release(privacy, RoundConfig("digest", server_round=2), config, inputs, release)
     assert len(calls) == 2  # another request: a new release
+
+
+def test_a_ledger_deleted_between_two_runs_is_caught_by_the_coordinators_book(
+        tmp_path, monkeypatch):
+    from client.app import build_client_app
+    from client.privacy import ledger_path
+    from server.outputs import per_site_epsilon
+    from server.rounds import FederationError, run_federation
+    from server.rounds.spend_book import SpendBook
+
+    sites = {name: hospital(name, seed) for seed, name in enumerate(NAMES, start=1)}
+    monkeypatch.setattr("client.site.load_site",
+                        lambda node_config, run_cfg: sites[node_config["site-name"]])
+    book = SpendBook(tmp_path / "coordinator" / "site-spend.json")
+    first_cfg = dp_config(rounds=2, epsilon=3.0)
+    app = build_client_app(first_cfg.to_flower())
+    nodes = [AppSite(app, i + 1, name, tmp_path / name) for i, name in enumerate(NAMES)]
+    first = run_federation(ScriptedGrid(nodes), first_cfg, spend_book=book)
+    assert not first.stopped
+    assert SpendBook(book.path).spent == pytest.approx(per_site_epsilon(first.rounds))
+
+    ledger_path(tmp_path / "site-b").unlink()  # between runs: a new run has no record
+    second_cfg = dp_config(rounds=2, epsilon=6.0)
+    app = build_client_app(second_cfg.to_flower())
+    nodes = [AppSite(app, i + 1, name, tmp_path / name) for i, name in enumerate(NAMES)]
+    with pytest.raises(FederationError, match=r"site-b: .*backup restore"):
+        run_federation(ScriptedGrid(nodes), second_cfg, spend_book=SpendBook(book.path))

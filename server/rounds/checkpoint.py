@@ -54,6 +54,7 @@ class Checkpoint:
     class_prior: list[float] | None = None  # distributed DP: from the noised class counts
     distributed_dp: dict | None = None
     run_key: str = ""  # "" in checkpoints written before runs had a key: a new one is drawn
+    members: dict[int, str] = field(default_factory=dict)  # node id -> site taking part
     format: int = CHECKPOINT_FORMAT
 
     def check_compatible(self, cfg: RunConfig) -> None:
@@ -82,7 +83,7 @@ class Checkpoint:
             central_dp=dict(self.central_dp) if self.central_dp is not None else None,
             distributed_dp=(dict(self.distributed_dp) if self.distributed_dp is not None
                             else None),
-            resumed_from=[*self.resumed_from, self.round],
+            resumed_from=[*self.resumed_from, self.round], members=dict(self.members),
             **({"run_key": self.run_key} if self.run_key else {}),
         )
 
@@ -103,6 +104,7 @@ class Checkpoint:
             resumed_from=outcome.resumed_from, seconds=seconds,
             setup_seconds=outcome.setup_seconds,
             distributed_dp=outcome.distributed_dp, run_key=outcome.run_key,
+            members=dict(outcome.members),
             class_prior=(None if outcome.setup.class_prior is None
                          else [float(p) for p in outcome.setup.class_prior]),
         )

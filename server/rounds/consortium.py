@@ -23,10 +23,10 @@ logger = logging.getLogger(__name__)
 
 
 def describe_sites(grid: Grid, nodes: list[int], timeout: float, *, attempts: int = 2
-                   ) -> list[SiteDescription]:
-    """Every answering site's description. A site that fails or does not answer is asked
-    once more (a worker may still be starting); one that fails again is logged and left
-    out."""
+                   ) -> dict[int, SiteDescription]:
+    """Every answering site's description, by node. A site that fails or does not answer
+    is asked once more (a worker may still be starting); one that fails again is logged
+    and left out."""
     out: dict[int, SiteDescription] = {}
     pending = list(nodes)
     for _ in range(attempts):
@@ -41,7 +41,7 @@ def describe_sites(grid: Grid, nodes: list[int], timeout: float, *, attempts: in
         pending = [n for n in pending if n not in out]
         if not pending:
             break
-    return list(out.values())
+    return out
 
 
 def consortium_schema(descriptions: list[SiteDescription]) -> FeatureSchema:
@@ -78,6 +78,17 @@ def feature_coverage(schema: FeatureSchema, d: SiteDescription) -> dict:
     return coverage(site_columns(schema, d.schema))
 
 
+def site_summary(schema: FeatureSchema, d: SiteDescription) -> dict:
+    """A site's entry in the run's record: name, patients, class counts, feature coverage
+    (name and coverage only when the site withholds its counts)."""
+    if d.private:
+        return {"site": d.site, "features": feature_coverage(schema, d)}
+    return {"site": d.site, "n_train": d.n_train, "n_val": d.n_val,
+            "class_counts": {n: int(c) for n, c in zip(schema.label_names, d.class_counts,
+                                                       strict=True)},
+            "features": feature_coverage(schema, d)}
+
+
 def merge_descriptions(descriptions: list[SiteDescription], class_weighting: str
                        ) -> tuple[ConsortiumSetup, list[dict]]:
     """The consortium setup and the per-site summary (name, patients, class counts,
@@ -93,25 +104,27 @@ def merge_descriptions(descriptions: list[SiteDescription], class_weighting: str
         standardizer = pooled_standardizer(schema, [(d.schema, d.stats) for d in descriptions])
     counts = np.sum([d.class_counts for d in descriptions], axis=0)
     setup = ConsortiumSetup(schema, standardizer, class_weights(counts, class_weighting))
-    sites = [{"site": d.site, "n_train": d.n_train, "n_val": d.n_val,
-              "class_counts": {n: int(c) for n, c in zip(schema.label_names, d.class_counts,
-                                                         strict=True)},
-              "features": feature_coverage(schema, d)}
-             for d in descriptions]
+    sites = [site_summary(schema, d) for d in descriptions]
     logger.info("%d sites, %d training patients; classes %s", len(sites), int(counts.sum()),
                 dict(zip(schema.label_names, counts.tolist(), strict=True)))
     return setup, sites
 
 
 def form_consortium(grid: Grid, cfg: RunConfig, timeout: float) -> FederationOutcome:
-    """Ask the connected sites to describe themselves and merge what they answer."""
+    """Ask the connected sites to describe themselves and merge what they answer; the
+    sites that answered are the run's members."""
     nodes = wait_for_sites(grid, cfg.min_sites, timeout)
-    descriptions = describe_sites(grid, nodes, timeout)
-    if len(descriptions) < cfg.min_sites:
-        raise FederationError(f"{len(descriptions)} sites answered, {cfg.min_sites} required")
+    described = describe_sites(grid, nodes, timeout)
+    if len(described) < cfg.min_sites:
+        raise FederationError(f"{len(described)} sites answered, {cfg.min_sites} required")
+    descriptions = list(described.values())
     if cfg.dp == "distributed":
-        return _private_consortium(grid, cfg, nodes, descriptions, timeout)
-    return FederationOutcome(*merge_descriptions(descriptions, cfg.train.class_weighting))
+        outcome = _private_consortium(grid, cfg, sorted(described), descriptions, timeout)
+    else:
+        outcome = FederationOutcome(*merge_descriptions(descriptions,
+                                                        cfg.train.class_weighting))
+    outcome.members = {node: d.site for node, d in described.items()}
+    return outcome
 
 
 def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
@@ -157,8 +170,7 @@ def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
                             np.ones(n_classes, dtype=np.float32), prior)
     logger.info("%d sites; noised class counts %s", len(descriptions),
                 dict(zip(schema.label_names, np.round(counts[0], 1).tolist(), strict=True)))
-    return FederationOutcome(setup, [{"site": d.site, "features": feature_coverage(schema, d)}
-                                     for d in descriptions],
+    return FederationOutcome(setup, [site_summary(schema, d) for d in descriptions],
                              distributed_dp={"noise_plan": plan.to_dict(),
                                              "class_counts": [float(c) for c in counts[0]],
                                              "patients": patients})

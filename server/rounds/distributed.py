@@ -25,12 +25,12 @@ than accounted: it is discarded, never used.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
-from common.centroid import CENTROID_KIND, fit_centroids
+from common.centroid import CENTROID_KIND, centroid_weights, projection_for
 from common.config import RunConfig, TrainConfig
 from common.distributed_dp import DEFAULT_DELTA, NoisePlan
 from common.protocol import METRICS, SITE, SiteMetrics, site_record, to_array
@@ -126,8 +126,9 @@ class CentroidFit:
             # ``sites`` shares, each sized so that ``min_sites`` of them make the plan's noise.
             noise_std = (self.plan.round_noise(server_round) * self.plan.clip
                          * np.sqrt(sites / self.plan.min_sites))
-            state["head.weight"], state["head.bias"] = fit_centroids(
-                weight, self.class_counts, noise_std)
+            state["head.weight"], state["head.bias"] = centroid_weights(
+                weight, self.class_counts, noise_std, self.plan.projection,
+                self.plan.projection_seed)
             state["radius"] = np.full(state["radius"].shape, self.plan.clip)
         return ArrayRecord({k: to_array(np.asarray(v).astype(dtypes[k]))
                             for k, v in state.items()})
@@ -162,11 +163,23 @@ class DistributedRun:
     centroids: CentroidFit | None = None  # the class-centroid model, fit instead of steps
 
     @classmethod
-    def of(cls, outcome_record: dict, cfg: RunConfig, n_classes: int) -> DistributedRun:
+    def of(cls, outcome_record: dict, cfg: RunConfig, n_classes: int, n_features: int
+           ) -> DistributedRun:
+        """The run of ``outcome_record`` (the outcome's ``distributed_dp``). The class-
+        centroid model's projection is chosen here, from the noised class counts, and
+        written into the record's plan (the same choice again on a resume)."""
         plan = NoisePlan(**outcome_record["noise_plan"])
         patients = float(outcome_record["patients"])
-        centroids = (CentroidFit(plan, np.asarray(outcome_record["class_counts"]), patients)
-                     if cfg.model.kind == CENTROID_KIND else None)
+        counts = np.asarray(outcome_record["class_counts"])
+        centroids = None
+        if cfg.model.kind == CENTROID_KIND:
+            k = projection_for(n_features, plan.gradient_noise * plan.clip, counts, plan.clip)
+            if k and not plan.projection:
+                plan = replace(plan, projection=k, projection_seed=cfg.seed)
+                outcome_record["noise_plan"] = plan.to_dict()
+                logger.info("class sums in a %d-dimensional random projection (the noise "
+                            "would swamp the rarest class in %d features)", k, n_features)
+            centroids = CentroidFit(plan, counts, patients)
         return cls(plan, patients, n_classes, cfg.train, centroids)
 
     def learning_rate(self, server_round: int) -> float:

@@ -17,6 +17,7 @@ before the next round.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from server.rounds.exchange import exchange, resent
 from server.secagg import SecAggSettings, SecureRound, secure_train_round
 
 if TYPE_CHECKING:
+    from server.rounds.admission import Membership
     from server.rounds.distributed import DistributedRun
 
 logger = logging.getLogger(__name__)
@@ -66,8 +68,10 @@ class RoundExecutor:
 
     def __init__(self, grid: Grid, strategy: Any, setup: ConsortiumSetup, *, timeout: float,
                  secagg: SecAggSettings | None = None, max_weight: int = 1,
-                 distributed: DistributedRun | None = None) -> None:
+                 distributed: DistributedRun | None = None,
+                 membership: Membership | None = None) -> None:
         self.grid, self.strategy, self.setup = grid, strategy, setup
+        self.membership = membership  # None: every connected node takes part
         self.timeout, self.secagg, self.max_weight = timeout, secagg, max_weight
         self.distributed = distributed  # distributed DP: the sites send noised sums
         self.with_setup: set[int] = set()  # nodes that acknowledged the setup
@@ -82,7 +86,8 @@ class RoundExecutor:
     def collect_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord
                       ) -> TrainingReplies:
         """Send the round's training messages (the strategy's) and collect the replies."""
-        messages = list(self.strategy.configure_train(server_round, arrays, config, self.grid))
+        messages = self._to_members(self.strategy.configure_train(server_round, arrays, config,
+                                                                  self.grid))
         self.ensure_setup([m.metadata.dst_node_id for m in messages])
         if self.secagg is None:
             replies, lost = self._exchange(messages)
@@ -126,8 +131,8 @@ class RoundExecutor:
     def evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord
                  ) -> list[Message]:
         """Validation replies of the sites the strategy samples for evaluation."""
-        messages = list(self.strategy.configure_evaluate(server_round, arrays, config,
-                                                         self.grid))
+        messages = self._to_members(self.strategy.configure_evaluate(server_round, arrays,
+                                                                     config, self.grid))
         self.ensure_setup([m.metadata.dst_node_id for m in messages])
         if self.distributed is not None:
             return self._secure_validation(server_round, arrays, config, messages)
@@ -148,6 +153,14 @@ class RoundExecutor:
         reply = self.distributed.open_validation(secure, messages[0])
         # The sites' replies carry the epsilon they spent on this release.
         return [*secure.replies, *([reply] if reply is not None else [])]
+
+    def _to_members(self, messages: Iterable[Message]) -> list[Message]:
+        """``messages`` addressed to the run's members only (see :mod:`.admission`)."""
+        messages = list(messages)
+        if self.membership is None:
+            return messages
+        members = self.membership.members_among(m.metadata.dst_node_id for m in messages)
+        return [m for m in messages if m.metadata.dst_node_id in members]
 
     def _exchange(self, messages: list[Message]) -> tuple[list[Message], list[int]]:
         """:func:`exchange`, sending the setup again to sites that lack it and retrying."""

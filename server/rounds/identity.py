@@ -13,7 +13,7 @@ virtual sites keep their names.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,11 @@ UNREGISTERED = "unregistered node {node}"
 class KeyBoundGrid:
     """A grid whose replies name their site by the node's registered key."""
 
-    def __init__(self, grid: Any, names: dict[int, str]) -> None:
+    def __init__(self, grid: Any, names: dict[int, str],
+                 reload: Callable[[], dict[int, str]] | None = None) -> None:
         self.grid, self.names = grid, dict(names)
+        # Sites registered while the run goes on: their node is looked up again once.
+        self.reload, self.looked_up = reload, set(names)
         self.mismatches: dict[tuple[int, str], dict[str, Any]] = {}
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
@@ -50,7 +53,7 @@ class KeyBoundGrid:
         node = reply.metadata.src_node_id
         record = reply.content[SITE]
         declared = str(record.get("name", ""))
-        bound = self.names.get(node) or UNREGISTERED.format(node=node)
+        bound = self.name_of(node)
         if declared != bound:
             key = (node, declared)
             if key not in self.mismatches:
@@ -61,6 +64,17 @@ class KeyBoundGrid:
         if declared != bound or "name" not in record:
             reply.content[SITE] = ConfigRecord({**dict(record), "name": bound})
         return reply
+
+    def name_of(self, node: int) -> str:
+        """The site bound to ``node``'s key; the registry is read again for a node not
+        seen before (a site registered after the run started)."""
+        if node not in self.names and node not in self.looked_up and self.reload is not None:
+            self.looked_up.add(node)
+            try:
+                self.names.update(self.reload())
+            except (OSError, KeyError, TypeError, AttributeError, ValueError) as exc:
+                logger.warning("site registry unreadable (%s); node %s stays unnamed", exc, node)
+        return self.names.get(node) or UNREGISTERED.format(node=node)
 
     def report(self) -> dict[str, Any]:
         """The ``site_identity`` section of ``metrics.json``."""
@@ -80,4 +94,5 @@ def key_bound(grid: Any, run_dir: Path) -> KeyBoundGrid | None:
         logger.warning("%s: no readable site registry beside this run; sites keep the "
                        "names they declare", run_dir)
         return None
-    return KeyBoundGrid(grid, names) if names else None
+    return (KeyBoundGrid(grid, names, reload=lambda: registered_site_names(run_dir))
+            if names else None)

@@ -34,12 +34,14 @@ from flwr.serverapp import Grid
 from common.config import RunConfig
 from common.dataset.multiomics import MultiOmicsData
 from common.protocol import TRAIN_LOSS, RoundConfig
+from server.rounds.admission import Membership
 from server.rounds.checkpoint import Checkpoint, restore_strategy
 from server.rounds.consortium import form_consortium
 from server.rounds.exchange import wait_for_sites
 from server.rounds.executor import RoundExecutor, TrainResult
 from server.rounds.outcome import FederationError, FederationOutcome
 from server.rounds.records import RoundRecord
+from server.rounds.spend_book import SpendBook
 from server.rounds.tracking import RoundTracker
 
 logger = logging.getLogger(__name__)
@@ -54,15 +56,18 @@ def run_federation(
     on_round: Callable[[dict], None] | None = None,
     timeout: float | None = None,
     resume: Checkpoint | None = None,
+    spend_book: SpendBook | None = None,
 ) -> FederationOutcome:
     """Run the whole federation on ``grid``; ``test`` (simulation only) is for reporting.
 
     ``timeout`` (default ``cfg.round_timeout``) bounds every wait for sites or replies.
     With ``resume``, the consortium setup and the history come from the checkpoint, and
-    training continues after its round.
+    training continues after its round. ``spend_book`` (deployment) carries the sites'
+    epsilon from earlier runs into this run's round configs.
     """
     run = _Run(grid, cfg, cfg.round_timeout if timeout is None else timeout, test, resume,
                on_round, checkpoint)
+    run.spend_book = spend_book
     pending: tuple[RoundRecord, dict] | None = None  # a round awaiting its validation
     for rnd in range(run.first_round, cfg.rounds + 1):
         if not run.sites_connected(rnd):
@@ -107,6 +112,7 @@ class _Run:
         from strategies import strategy_for_run
 
         self.grid, self.cfg, self.timeout = grid, cfg, timeout
+        self.spend_book: SpendBook | None = None  # deployment: spend from earlier runs
         self.start = time.perf_counter()
         self.prior_seconds = resume.seconds if resume is not None else 0.0
         if resume is None:
@@ -130,8 +136,9 @@ class _Run:
         if self.outcome.distributed_dp is not None:
             from server.rounds.distributed import DistributedRun, secagg_settings
 
-            self.distributed = DistributedRun.of(self.outcome.distributed_dp, cfg,
-                                                 self.outcome.schema.n_classes)
+            self.distributed = DistributedRun.of(
+                self.outcome.distributed_dp, cfg, self.outcome.schema.n_classes,
+                sum(self.outcome.schema.feature_counts().values()))
             secagg = secagg_settings(timeout)
             max_weight = 1  # every site's noised sum counts once
         else:
@@ -139,10 +146,12 @@ class _Run:
                       if cfg.secure_aggregation else None)
             # SecAgg+ fixed-point weight range: the largest site's training patients.
             max_weight = max(s["n_train"] for s in self.outcome.sites)
+        membership = Membership(grid, self.outcome, timeout,
+                                on_join=self.strategy.register_sites)
         self.executor = RoundExecutor(grid, self.strategy, self.outcome.setup,
                                       timeout=timeout, secagg=secagg, max_weight=max_weight,
-                                      distributed=self.distributed)
-        self.executor.ensure_setup(nodes)
+                                      distributed=self.distributed, membership=membership)
+        self.executor.ensure_setup(sorted(membership.members_among(nodes)))
         self.test = (self.outcome.standardizer.transform(test.align_to(self.outcome.schema,
                                                                        "test split"))
                      if test is not None else None)
@@ -202,10 +211,20 @@ class _Run:
         """The round's config as sent: :meth:`round_config` plus the run's key and each
         site's epsilon recorded so far, which a site checks its ledger against."""
         from common.spend_record import with_account
-        from server.outputs import per_site_epsilon
 
         return with_account(self.round_config(rnd).to_record(), self.outcome.run_key,
-                            per_site_epsilon(self.outcome.rounds))
+                            self.noted_spend())
+
+    def noted_spend(self) -> dict[str, float]:
+        """Each site's epsilon as reported in this run, kept in the spend book if there
+        is one, and never below what the book recorded in earlier runs."""
+        from server.outputs import per_site_epsilon
+
+        spend = per_site_epsilon(self.outcome.rounds)
+        if self.spend_book is None:
+            return spend
+        self.spend_book.note(spend)
+        return dict(self.spend_book.spent)
 
     def sites_connected(self, rnd: int) -> bool:
         """Wait for ``min_sites``; False (and the reason recorded) when they do not come.
@@ -262,5 +281,6 @@ class _Run:
             raise FederationError(outcome.stopped or "no round produced a validated global model")
         for rec in outcome.rounds:
             rec["best"] = rec["round"] == outcome.best_round
+        self.noted_spend()
         outcome.seconds = self.elapsed()
         return outcome

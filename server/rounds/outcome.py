@@ -35,6 +35,8 @@ class FederationOutcome:
     resumed_from: list[int] = field(default_factory=list)  # last completed round at restarts
     # Names the run to the sites across restarts (see common.spend_record).
     run_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The nodes taking part and their sites (see server.rounds.admission).
+    members: dict[int, str] = field(default_factory=dict)
 
     @property
     def schema(self) -> FeatureSchema:

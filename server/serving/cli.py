@@ -229,8 +229,9 @@ def audit_verify(
         help="SEQ:HASH of a head noted earlier; detects deleted newest records.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the audit log's hash chain and its anchor; exit 1 naming every modified or
-    deleted record, and a log that ends before its anchor (truncated)."""
+    """Check the audit log's hash chain, its anchor and that it records every registered
+    model; exit 1 naming every modified or deleted record, a log that ends before its
+    anchor (truncated) and models whose registration is missing (emptied)."""
     from server.serving.audit_log import open_audit_log
     from server.serving.database import open_database
 
@@ -241,8 +242,11 @@ def audit_verify(
         if not seq.isdigit() or len(digest) != 64:
             _fail(ValueError(f"--expect-head {expect_head!r} is not SEQ:HASH"))
         head = (int(seq), digest)
+    from server.serving.registry import Registry
+
     _, sessions = open_database(settings.database_url)
-    result = open_audit_log(sessions, settings).verify(expect_head=head)
+    result = Registry(sessions, open_audit_log(sessions, settings)).verify_audit(
+        expect_head=head)
     if as_json:
         print(json.dumps({"ok": result.ok, "checked": result.checked,
                           "head": {"seq": result.head[0], "hash": result.head[1]},

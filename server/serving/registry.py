@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Integer, String, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from server.serving.audit_log import AuditLog
+from server.serving.audit_log import AuditLog, AuditRecord, VerifyResult
 from server.serving.database import Base
 
 STAGES = ("candidate", "production", "archived")
@@ -129,6 +129,26 @@ class Registry:
     def __init__(self, sessions: sessionmaker, audit: AuditLog) -> None:
         self._sessions = sessions
         self.audit = audit
+
+    def verify_audit(self, expect_head: tuple[int, str] | None = None) -> VerifyResult:
+        """The audit log's own check (:meth:`AuditLog.verify`) plus one the log cannot make
+        alone: every registered model's registration is in it. A log emptied together with
+        its anchor looks like a new one; the registry beside it still names the models whose
+        records were removed."""
+        result = self.audit.verify(expect_head=expect_head)
+        with self._sessions() as s:
+            refs = [f"{n}:{v}" for n, v in s.execute(
+                select(ModelRecord.name, ModelRecord.version).order_by(ModelRecord.id))]
+            audited = set(s.scalars(select(AuditRecord.model_id).where(
+                AuditRecord.action == "registry.add")))
+        missing = [ref for ref in refs if ref not in audited]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more"
+                                              if len(missing) > 5 else "")
+            result.problems.append(
+                f"model(s) {shown} are registered but the log has no record of their "
+                "registration: records were removed (emptied or deleted rows)")
+        return result
 
     # ------------------------------------------------------------------- writes
     def add(self, path: Path | str, *, name: str, actor: Actor) -> ModelRecord:

@@ -11,8 +11,9 @@ Flower messaging, which does not change the numbers, and reports the last round'
 on the pooled validation split (what a run may choose by) and on the held-out test split.
 
 ``--model centroid`` emulates the class-centroid model's two releases instead
-(:mod:`common.centroid`: the centre, then the class sums of clipped deviations) with the
-product's ``centroid_sums`` and ``fit_centroids``.
+(:mod:`common.centroid`: the centre, then the class sums of clipped deviations, in a
+random projection when the product's rule chooses one) with the product's
+``centroid_sums``, ``projection_for`` and ``centroid_weights``.
 
     python -m simulations.benchmarks.distributed_dp_emulation --epsilons 1 3 8 inf \
         --seeds 0 1 2 --model mmt centroid
@@ -85,7 +86,7 @@ def run_centroid(seed: int, epsilon: float, *, radius: float) -> dict:
     import torch
 
     from client.distributed_round import centroid_sums
-    from common.centroid import CentroidClassifier, fit_centroids
+    from common.centroid import CentroidClassifier, centroid_weights, projection_for
     from common.config import ModelConfig
     from common.distributed_dp import NoisePlan
     from common.model import ModelSpec
@@ -100,13 +101,16 @@ def run_centroid(seed: int, epsilon: float, *, radius: float) -> dict:
         centre = sum(centroid_sums(model, *s, exact, 1)[0]["centre"] for s in fed.sites)
         centre = centre.numpy() + fed.noise(plan, 1, 1.0, centre.shape)
         model.centre.copy_(torch.from_numpy(centre / counts.sum()))
+        noise_std = plan.round_noise(2) * radius if plan else 0.0
+        k = projection_for(model.centre.shape[0], noise_std, counts, radius)
+        exact = replace(exact, projection=k, projection_seed=seed)
         sums = sum(centroid_sums(model, *s, exact, 2)[0]["head.weight"] for s in fed.sites)
         sums = sums.numpy() + fed.noise(plan, 2, radius, sums.shape)
-        noise_std = plan.round_noise(2) * radius if plan else 0.0
-        weight, bias = fit_centroids(sums, counts, noise_std)
+        weight, bias = centroid_weights(sums, counts, noise_std, k, seed)
         model.head.weight.copy_(torch.from_numpy(weight))
         model.head.bias.copy_(torch.from_numpy(bias))
-    return {"model": "centroid", "epsilon": epsilon, "seed": seed, **fed.scores(model)}
+    return {"model": "centroid", "epsilon": epsilon, "seed": seed, "projection": k,
+            **fed.scores(model)}
 
 
 def run(seed: int, epsilon: float, *, rounds: int, lr: float, momentum: float,

@@ -31,6 +31,6 @@ def entries(state: State, _who: Operator, action: str | None = Query(None, max_l
 
 @router.get("/verify")
 def verify(state: State, _who: Operator) -> dict[str, Any]:
-    result = state.audit.verify()
+    result = state.registry.verify_audit()
     return {"intact": result.ok, "entries": result.checked,
             "problem": "; ".join(result.problems) or None, "anchor": result.anchor}
