@@ -5,12 +5,13 @@ The table (``common/annotations/genes_hg38.tsv``, GRCh38, built by
 lncRNA and miRNA genes. Names are recognised as:
 
 * gene symbols, alone or as ``SYMBOL_EntrezID`` (``FOXA1_3169``);
+* Ensembl gene ids, with or without their version (``ENSG00000129514.9``);
 * miRNA names ``hsa-mir-21``, ``hsa_mir_628``, ``hsa-let-7b``, ``hsa-miR-21-5p`` -> the
   MIR gene (``MIR21``, ``MIR628``, ``MIRLET7B``); several copies (``MIR6859-1``) map to
   the first copy (``-1`` or ``1``) unless the name gives one.
 
-Everything else (Ensembl ids, CpG probe ids, unknown symbols) is unknown: ``None``, so a
-model falls back to a learned embedding for it.
+Everything else (CpG probe ids, unknown symbols) is unknown: ``None``, so a model falls
+back to a learned embedding for it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CHROMOSOMES = tuple(f"chr{c}" for c in [*range(1, 23), "X", "Y", "M"])
 _MIRNA = re.compile(r"^(?:hsa[-_])?(mir|let)[-_]?([0-9a-z]+)(?:[-_]([0-9]+)(?![0-9a-z]))?",
                     re.IGNORECASE)
 _ENTREZ_SUFFIX = re.compile(r"^(.+)_[0-9]+$")
+_ENSEMBL = re.compile(r"^(ENSG[0-9]{11})(?:\.[0-9]+)?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True, order=True)
@@ -40,17 +42,24 @@ class Locus:
 
 @lru_cache(maxsize=1)
 def gene_table(path: Path = TABLE) -> dict[str, Locus]:
-    """Upper-case gene name -> locus."""
+    """Upper-case gene name, and Ensembl gene id without version -> locus."""
     rank = {c: i for i, c in enumerate(CHROMOSOMES)}
+    table: dict[str, Locus] = {}
     with open(path, newline="") as f:
-        return {row["name"].upper(): Locus(rank[row["chromosome"]], int(row["start"]),
-                                           row["chromosome"])
-                for row in csv.DictReader(f, delimiter="\t")}
+        for row in csv.DictReader(f, delimiter="\t"):
+            locus = Locus(rank[row["chromosome"]], int(row["start"]), row["chromosome"])
+            table[row["name"].upper()] = locus
+            if row.get("ensembl_id"):
+                table[row["ensembl_id"].upper()] = locus
+    return table
 
 
 def candidate_names(feature: str) -> list[str]:
     """Gene names ``feature`` may stand for, most specific first."""
     name = feature.strip()
+    ensembl = _ENSEMBL.match(name)
+    if ensembl:
+        return [ensembl.group(1).upper()]
     mirna = _MIRNA.match(name)
     if mirna:
         kind, number, copy = mirna.groups()

@@ -87,6 +87,10 @@ class ModelConfig(_Section):
     n_layers: int = 1
     ffn_mult: int = 2
     tokens_per_modality: int = 2
+    # mmt: each modality's located features, in genome order, cut into this many
+    # contiguous groups, one token each with a (chromosome, position) encoding
+    # (common.genome_tokens); 0: learned soft groups of tokens_per_modality tokens.
+    genome_tokens: int = 0
     dropout: float = 0.2
     attention_dropout: float = 0.1
     # Probability of hiding a whole modality from a patient during training, so the

@@ -33,10 +33,13 @@ class ModelSpec:
     feature_counts: dict[str, int]
     n_classes: int
     extra: dict = field(default_factory=dict)
+    # Per modality, the feature names (genomic-coordinate tokens read them).
+    feature_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def for_schema(cls, config: ModelConfig, schema: FeatureSchema) -> ModelSpec:
-        return cls(config, schema.feature_counts(), schema.n_classes)
+        return cls(config, schema.feature_counts(), schema.n_classes,
+                   feature_names={m: schema.features(m) for m in schema.modality_names})
 
 
 class SelfAttention(nn.Module):
@@ -146,11 +149,8 @@ class MultiModalTransformer(ModalityWeighting, nn.Module):
         self.spec = spec
         self.modalities = list(spec.feature_counts)
         self.sizes = [spec.feature_counts[m] for m in self.modalities]
-        self.tokens = [min(cfg.tokens_per_modality, n) for n in self.sizes]
-        self.tokenizers = nn.ModuleList(
-            ModalityTokenizer(n, t, cfg.d_model, cfg.dropout)
-            for n, t in zip(self.sizes, self.tokens, strict=True)
-        )
+        self.tokenizers = nn.ModuleList(_tokenizer(spec, m) for m in self.modalities)
+        self.tokens = [t.n_tokens for t in self.tokenizers]
         n_tok = sum(self.tokens)
         # Token identity (which modality, which soft group) as an embedding lookup.
         self.token_embedding = nn.Embedding(n_tok, cfg.d_model)
@@ -188,6 +188,20 @@ class MultiModalTransformer(ModalityWeighting, nn.Module):
         fused = (weights.unsqueeze(-1) * pooled).sum(dim=1)
         return self.head(fused)
 
+
+
+def _tokenizer(spec: ModelSpec, modality: str) -> nn.Module:
+    """Genomic-coordinate tokens when configured and the names locate most features,
+    else learned soft groups."""
+    cfg, n = spec.config, spec.feature_counts[modality]
+    names = spec.feature_names.get(modality)
+    if cfg.genome_tokens > 0 and names:
+        from common.genome_tokens import GenomeTokenizer, genome_groups
+
+        grouped = genome_groups(names, cfg.genome_tokens)
+        if grouped is not None:
+            return GenomeTokenizer(*grouped, cfg.d_model, cfg.dropout)
+    return ModalityTokenizer(n, min(cfg.tokens_per_modality, n), cfg.d_model, cfg.dropout)
 
 
 def drop_modalities(present: torch.Tensor, p: float) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,7 +54,18 @@ ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Model architecture: mmt (multi-modal transformer), tabtransformer, "
     "perceiver (Perceiver IO) or centroid (docs/models.md)."
     + _default("centroid with --dp distributed, else mmt"))]
+GenomeTokensOpt = Annotated[int | None, typer.Option(
+    help="mmt: tokens along the genome, this many groups per modality the gene table "
+    "places (docs/models.md)." + _default("0, learned soft groups"))]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
+
+
+def _with_genome_tokens(cfg: RunConfig, groups: int | None) -> RunConfig:
+    if groups is None:
+        return cfg
+    if groups < 0:
+        raise ValueError(f"--genome-tokens must be >= 0, got {groups}")
+    return replace(cfg, model=replace(cfg.model, genome_tokens=groups))
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -107,6 +119,7 @@ def simulate(
     seed: SeedOpt = None,
     out: OutOpt = None,
     model: ModelOpt = None,
+    genome_tokens: GenomeTokensOpt = None,
     dp: Annotated[str | None, typer.Option(
         help=f"Differential privacy: {', '.join(DP_MODES)}. distributed: every site adds "
         "its share of the noise to sums over its patients, sent only through secure "
@@ -185,6 +198,7 @@ def simulate(
             secagg=secagg, secagg_threshold=secagg_threshold,
             max_update_norm_ratio=max_update_norm_ratio, trim_fraction=trim_fraction,
             malicious_sites=malicious_sites, krum_select=krum_select, server_lr=server_lr))
+        cfg = _with_genome_tokens(cfg, genome_tokens)
         run_dir = run(cfg, compare=compare, verbose=verbose, attack=attack,
                       malicious=malicious)
     except (ValueError, FileNotFoundError, FederationError) as exc:
@@ -261,6 +275,7 @@ def train_central_cmd(
     seed: SeedOpt = None,
     out: OutOpt = None,
     model: ModelOpt = None,
+    genome_tokens: GenomeTokensOpt = None,
     report: Annotated[bool, typer.Option(
         help="Write report.html and model_card.md into the --out directory at the end "
         "(cancer-alpha report RUN_DIR writes them later).")] = True,
@@ -282,6 +297,7 @@ def train_central_cmd(
         cfg = RunConfig.preset("none", model_kind=model, **schedule, **_given(
             data=data, test_data=test_data, manifest=manifest, partition=partition,
             sites=sites, seed=seed))
+        cfg = _with_genome_tokens(cfg, genome_tokens)
         fed = load_federation(cfg)
         result = train_central(fed, cfg, (out / "model") if out else None)
     except (ValueError, FileNotFoundError) as exc:

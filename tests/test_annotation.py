@@ -15,8 +15,14 @@ def test_names_in_each_notation_find_their_gene():
     assert locate("hsa-let-7b") is not None
 
 
+def test_ensembl_ids_with_or_without_version_find_their_gene():
+    foxa1 = locate("FOXA1")
+    assert locate("ENSG00000129514") == locate("ENSG00000129514.9") == foxa1
+    assert locate("ENSG99999999999") is None
+
+
 def test_unknown_features_are_flagged_not_guessed():
-    assert annotate(["cg00095526", "ENSG00000161896.6", "years_to_birth"]) == [None] * 3
+    assert annotate(["cg00095526", "ENSG99999999999.1", "years_to_birth"]) == [None] * 3
     # A numbered copy never runs into another gene's number (MIR151 + 1 is not MIR1511).
     assert "MIR1511" not in candidate_names("hsa-mir-151")
 
