@@ -61,6 +61,10 @@ def cv(
         "--out", help="Run directory to write (default: runs/cv-<run id>).")] = None,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print the summary as JSON instead of a table.")] = False,
+    report: Annotated[bool, typer.Option(
+        help="Write report.html and model_card.md of the last fold's federated run into "
+        "the run directory at the end (cancer-alpha report RUN_DIR/fold-K/federated "
+        "writes any fold's later).")] = True,
     verbose: VerboseOpt = False,
 ) -> None:
     """Stratified k-fold cross-validation of the federated and the centralized model.
@@ -89,6 +93,13 @@ def cv(
         print(json.dumps(summary["summary"], indent=2))
     else:
         Console().print(summary_table(summary, run_dir))
+    if report and "federated" in settings.modes:
+        from server.report.cli import write_run_report
+
+        write_run_report(run_dir / f"fold-{folds}" / "federated", out_dir=run_dir, notes=(
+            f"Cross-validation: this page shows fold {folds} of {folds} (the last fold, its "
+            "federated model on its own test fold); cv.json holds the mean +- std of "
+            "every fold.",))
 
 
 def _print_fold(record: dict) -> None:

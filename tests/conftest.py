@@ -100,6 +100,15 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session")
+def console_service(tmp_path_factory):
+    """The coordinator service with two real sites, shared by the session's console
+    end-to-end tests (tests/console_fixtures.py)."""
+    from console_fixtures import shared_console
+
+    yield from shared_console(tmp_path_factory)
+
+
 @pytest.fixture(scope="module")
 def bundled_dir_module() -> Callable[[str], Path]:
     """Module-scoped :func:`bundled_dir`, for module-scoped fixtures."""

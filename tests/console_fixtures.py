@@ -3,8 +3,8 @@
 console API on a free port) and two real sites (``site start``), each holding one
 half of the bundled BRCA data (read in place).
 
-* pytest: ``console_service`` yields ``(base_url, lead_token, admin_token, site_token)``
-  (the site token is site-a's); import it into a test module.
+* pytest: the session fixture ``console_service`` (conftest.py) yields ``(base_url,
+  lead_token, admin_token, site_token)`` (the site token is site-a's).
 * other test runners (the console's browser tests): ``python tests/console_fixtures.py
   ROOT`` starts the same, prints one JSON line ``{"base_url", "lead_token",
   "admin_token", "site_token", "site_b_token"}`` and runs until SIGTERM or Ctrl-C.
@@ -42,29 +42,6 @@ E2E_TEMPLATE = {
                "model.n-heads": 2, "train.batch-size": 32},
 }
 STARTUP_TIMEOUT = 120.0
-# What the Flower app needs; `flwr run` walks every file of the app directory (a
-# checkout's .venv and node_modules: tens of thousands), so runs are submitted from a copy.
-APP_PARTS = ("pyproject.toml", "README.md", "common", "client", "server",
-             "strategies", "simulations")
-
-
-def stage_app(dest: Path) -> Path:
-    """A copy of the Flower app's files (sources and configs; no console build or
-    dependencies)."""
-    import shutil
-
-    # The console's sources stay (pyproject's fab-exclude names them), not its build.
-    ignore = shutil.ignore_patterns("__pycache__", "node_modules", "dist", "*.pyc")
-    for part in APP_PARTS:
-        source = REPO / part
-        if source.is_dir():
-            shutil.copytree(source, dest / part, ignore=ignore)
-        elif source.is_file():
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / part)
-    return dest
-
-
 @contextlib.contextmanager
 def running_console(root: Path, data: Path) -> Iterator[dict[str, str]]:
     """The service and its two sites under ``root``; yields the base URL and tokens."""
@@ -84,8 +61,7 @@ def running_console(root: Path, data: Path) -> Iterator[dict[str, str]]:
             sys.executable, "-m", "common.cli", "coordinator", "serve",
             "--pki", str(pki.root), "--state-dir", str(consortium.state),
             "--host", "127.0.0.1", "--port", str(consortium.port),
-            "--api-host", "127.0.0.1", "--api-port", str(api_port),
-            "--app", str(stage_app(root / "app"))])
+            "--api-host", "127.0.0.1", "--api-port", str(api_port)])
         base_url = f"http://127.0.0.1:{api_port}"
         consortium.wait_registered(service, SITES, STARTUP_TIMEOUT)
         _wait_healthy(base_url, service, consortium)
@@ -113,14 +89,21 @@ def _wait_healthy(base_url: str, service, consortium: LoopbackConsortium) -> Non
     raise RuntimeError("the console API did not answer in time:\n" + consortium.log(service))
 
 
-@pytest.fixture
-def console_service(tmp_path, bundled_dir):
-    """``(base_url, lead_token, admin_token, site_token)`` of a running service."""
+def shared_console(tmp_path_factory) -> Iterator[tuple[str, str, str, str]]:
+    """``(base_url, lead_token, admin_token, site_token)`` of a running service; behind
+    the session fixture ``console_service`` (conftest.py), so that every test of a
+    session shares one service (starting one takes ~20 s)."""
+    from common.paths import resolve_data_dir
     from common.processes import command_line, processes_mentioning, send_signal
 
-    with running_console(tmp_path, bundled_dir("brca")) as info:
+    try:
+        data = resolve_data_dir("brca")
+    except FileNotFoundError as e:
+        pytest.skip(f"bundled data not available: {e}")
+    root = tmp_path_factory.mktemp("console-service")
+    with running_console(root, data) as info:
         yield info["base_url"], info["lead_token"], info["admin_token"], info["site_token"]
-    leftover = processes_mentioning(str(tmp_path))
+    leftover = processes_mentioning(str(root))
     send_signal(leftover, signal.SIGKILL)
     assert not leftover, [command_line(p) for p in leftover]
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from console_fixtures import console_service  # noqa: F401  (the e2e fixture)
 from fastapi.testclient import TestClient
 
 from common.pki import Pki
@@ -329,7 +328,7 @@ def test_round_progress_lines_follow_the_run_directory(tmp_path):
 
 
 @pytest.mark.e2e
-def test_real_service_runs_a_federation_started_through_the_api(console_service):  # noqa: F811
+def test_real_service_runs_a_federation_started_through_the_api(console_service):
     base, lead, _admin, site = console_service
     auth = {"Authorization": f"Bearer {lead}"}
     with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
@@ -358,9 +357,28 @@ def test_real_service_runs_a_federation_started_through_the_api(console_service)
         assert all(s["participated"] for r in rounds for s in r["sites"])
         detail = http.get("/api/runs/live").json()
         assert detail["status"] == "finished", detail
-        models = http.get("/api/models").json()
-        assert models[0]["run_id"] == "live"
+        assert "live" in [m["run_id"] for m in http.get("/api/models").json()]
         actions = [e["action"] for e in http.get("/api/audit").json()]
         assert "run.start" in actions
         other = http.get("/api/sites", headers={"Authorization": f"Bearer {site}"}).json()
         assert [s["name"] for s in other] == ["site-a"]
+
+
+def test_runs_are_submitted_from_a_staged_copy_of_the_app(tmp_path):
+    from server.coordinator.app_stage import app_packages, stage_app
+    from server.coordinator.settings import PROJECT_ROOT
+
+    app = tmp_path / "src"
+    (app / "pkg" / "node_modules").mkdir(parents=True)
+    (app / "pkg" / "mod.py").write_text("x = 1\n")
+    (app / "pkg" / "node_modules" / "big.js").write_text("//")
+    (app / ".venv").mkdir()
+    (app / "docs").mkdir()
+    (app / "pyproject.toml").write_text(
+        '[tool.flwr.app]\nfab-include = ["pkg/**/*.py", "absent/**/*.py", "top.py"]\n')
+    staged = stage_app(app, tmp_path / "staged")
+    assert sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*")) == \
+        ["pkg", "pkg/mod.py", "pyproject.toml"]
+    # the checkout itself: its Flower app's packages, none of .venv, docs or deploy
+    assert set(app_packages(PROJECT_ROOT)) == {"client", "common", "server", "simulations",
+                                              "strategies"}

@@ -111,6 +111,10 @@ def test_federation_over_tls_with_node_auth_completes(consortium):
     sites = consortium.start_sites()
     assert consortium.wait_run(coordinator, list(sites.values()), TIMEOUT) == 0, \
         consortium.log(coordinator)
+    # `coordinator start` prints the registered sites, then each round as it ends.
+    printed = consortium.logs[coordinator.pid].read_text(errors="replace")
+    assert f"sites registered: {len(SITES)} ({', '.join(SITES)})" in printed, printed[-3000:]
+    assert "\nround 1/2: val macro-F1" in printed and "\nround 2/2: val macro-F1" in printed
 
     # The run's ServerApp process wrote its metrics for the coordinator to serve.
     from prometheus_client import CollectorRegistry

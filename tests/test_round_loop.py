@@ -112,6 +112,7 @@ def test_early_stop_after_patience_rounds_without_improvement():
 
 
 @pytest.mark.parametrize("strategy, dp", [("fedavg", "none"), ("fedavgm", "none"),
+                                          ("fedadam", "none"), ("fedyogi", "none"),
                                           ("fedavg", "central")])
 def test_resume_from_a_checkpoint_continues_exactly(tmp_path, strategy, dp):
     cfg = config(rounds=3, strategy=strategy, dp=dp, epsilon=8.0)
@@ -134,6 +135,8 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path, strategy, dp):
         run_federation(ScriptedGrid(sites()), cfg, checkpoint=save_then_crash)
     assert [c.round for c in saved] == [1, 2]
     assert ("momentum" in saved[-1].strategy) == (strategy == "fedavgm")  # server momentum
+    # FedAdam's and FedYogi's server moments
+    assert ("v_t" in saved[-1].strategy) == (strategy in ("fedadam", "fedyogi"))
     if dp == "central":  # the checkpoint of round 2 counts exactly two releases
         assert saved[-1].strategy["releases"] == 2
     save_checkpoint(tmp_path, saved[-1])
@@ -265,3 +268,43 @@ def test_secure_rounds_carry_the_strategys_config_and_its_guard_checks_the_aggre
     assert result.arrays is None and result.accepted == 0
     assert result.rejected[0]["site"] == SECURE_AGGREGATE
     assert "NaN or infinite" in result.rejected[0]["reason"]
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_good_one_and_the_run_goes_on(
+        tmp_path, monkeypatch, caplog):
+    import errno
+    import os
+
+    cfg = config()
+    real_fsync = os.fsync
+    written: list[int] = []
+
+    def save(ckpt):
+        written.append(ckpt.round)
+        save_checkpoint(tmp_path, ckpt)
+
+    def full_disk(fd):
+        if len(written) >= 2:  # rounds after the first: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    outcome = run_federation(ScriptedGrid(sites()), cfg, checkpoint=save)
+    assert [r["round"] for r in outcome.rounds] == [1, 2, 3] and not outcome.stopped
+    assert len(written) >= 2
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    kept = load_checkpoint(tmp_path)
+    assert kept is not None and kept.round == written[0]
+    assert not list(tmp_path.glob(".*.tmp"))  # no half-written file left behind
+    assert "checkpoint not written" in caplog.text and "No space left" in caplog.text
+
+
+def test_per_site_rejection_counts_survive_a_checkpoint():
+    from server.rounds.checkpoint import restore_strategy, strategy_state
+    from strategies import strategy_for_run
+
+    before = strategy_for_run(config())
+    before.rejection_counts["site-a"] += 2
+    after = strategy_for_run(config())
+    restore_strategy(after, strategy_state(before))
+    assert after.rejection_counts == {"site-a": 2}

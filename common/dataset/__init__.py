@@ -91,6 +91,10 @@ Manifest keys (TOML)
     labels = "labels_tr.csv"           # inherits the options of [labels]/[modalities.*]
     modalities = { mrna = "1_tr.csv", methylation = { file = "2_tr.csv" } }
 
+    [fairness]                         # optional; the run report's subgroup columns
+    subgroups = ["age", "race"]        # clinical column, or prefix of one-hot race_*
+    bins = { age = [50, 65] }          # optional bin edges of numeric columns
+
 With ``[splits]``, ``[labels]`` and ``[modalities.<name>]`` carry only shared options (e.g.
 the feature-name files) and every split must name a file for every modality. Loading
 with ``split=None`` concatenates all splits. Unknown keys are errors, so typos do not

@@ -64,6 +64,9 @@ class Manifest:
     # and the SHA-256 of its file (None for the convention).
     chosen_by: str = CONVENTION
     sha256: str | None = None
+    # [fairness]: clinical columns to judge fairness by, and bin edges of numeric ones
+    subgroups: tuple[str, ...] = ()
+    subgroup_bins: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
     def layout(self, split: str | None) -> SplitLayout:
         for lay in self.layouts:
@@ -202,7 +205,11 @@ def parse_manifest(
 
     ``directory`` supplies the convention modalities of a manifest that declares none.
     """
-    _check_keys(doc, ("dataset", "defaults", "labels", "modalities", "splits"), "manifest")
+    _check_keys(doc, ("dataset", "defaults", "labels", "modalities", "splits", "fairness"),
+                "manifest")
+    from common.dataset.manifest_fairness import parse_fairness
+
+    subgroups, subgroup_bins = parse_fairness(doc.get("fairness", {}))
     ds = _check_keys(doc.get("dataset"), ("name", "label_names", "site_pattern"), "[dataset]")
     name = ds.get("name")
     if not isinstance(name, str) or not name:
@@ -328,7 +335,10 @@ def parse_manifest(
         source=source,
         modality_names=tuple(order),
         layouts=tuple(layouts),
+        subgroups=subgroups,
+        subgroup_bins=subgroup_bins,
     )
+
 
 
 def files_read(directory: Path, man: Manifest, split: str | None = None) -> list[str]:

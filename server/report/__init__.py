@@ -26,15 +26,16 @@ class WrittenReport:
 
 
 def write_report(run_dir: Path, settings: ReportSettings = ReportSettings(),
-                 out_dir: Path | None = None) -> WrittenReport:
+                 out_dir: Path | None = None, notes: tuple[str, ...] = ()) -> WrittenReport:
     """Compute the report of ``run_dir`` and write both files (into ``out_dir``, default
-    the run directory) atomically."""
+    the run directory) atomically; ``notes`` are shown first among the page's notes."""
     from common.atomic import write_text_atomic
     from server.report.card import render_card
     from server.report.content import build_content
     from server.report.html import render_html
 
     content = build_content(Path(run_dir), settings)
+    content.notes[:0] = notes
     out = Path(out_dir) if out_dir else Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     html, card = out / REPORT_FILE, out / CARD_FILE

@@ -52,13 +52,14 @@ def report(
                     f"({written.seconds:.1f} s)")
 
 
-def write_run_report(run_dir: Path) -> None:
+def write_run_report(run_dir: Path, out_dir: Path | None = None,
+                     notes: tuple[str, ...] = ()) -> None:
     """The report at the end of a training command: a failure is reported, not raised
     (the run itself is complete)."""
-    from server.report import write_report
+    from server.report import ReportSettings, write_report
 
     try:
-        written = write_report(run_dir)
+        written = write_report(run_dir, ReportSettings(), out_dir, notes)
     except Exception as exc:  # the run directory stays valid without its report
         logger.warning("no report for %s: %s", run_dir, exc)
         Console(stderr=True).print(Text(f"report not written: {exc}", style="yellow"))

@@ -14,14 +14,18 @@ import numpy as np
 
 from server.report import figures
 from server.report.explanations import Explanations, explain_classes
-from server.report.fairness import Breakdown, breakdown, clinical_subgroups
+from server.report.fairness import (
+    Breakdown,
+    breakdown,
+    clinical_subgroups,
+    named_subgroups,
+)
 from server.report.rundir import FEDERATED, LoadedRun, load_run
 from server.report.settings import ReportSettings
 
 logger = logging.getLogger(__name__)
 
-UMAP_NOTE = ("UMAP is not shown: umap-learn is not installed in this environment (it "
-             "cannot be installed offline here); t-SNE stands in for it.")
+UMAP_SKIPPED = "UMAP was left out of this report (report settings: umap off)."
 
 
 @dataclass
@@ -87,7 +91,10 @@ def build_content(run_dir: Path, settings: ReportSettings = ReportSettings()) ->
                                    top_k=settings.top_k, steps=settings.ig_steps,
                                    max_patients=settings.ig_patients_per_class)
     clock.lap("integrated gradients")
-    groupings = {"site": test.sites, **clinical_subgroups(test.raw)}
+    # The manifest's [fairness] subgroups replace detection by column name
+    subgroups = (named_subgroups(test.raw, test.subgroups, test.subgroup_bins)
+                 if test.subgroups else clinical_subgroups(test.raw))
+    groupings = {"site": test.sites, **subgroups}
     fairness = [breakdown(name, groups, test.labels, pred, len(labels),
                           min_size=settings.min_group_size)
                 for name, groups in groupings.items()]
@@ -110,7 +117,8 @@ def build_content(run_dir: Path, settings: ReportSettings = ReportSettings()) ->
     )
     clock.lap("fairness")
     _add_figures(content, run, outputs, settings, clock)
-    content.notes.append(UMAP_NOTE)
+    if not settings.umap:
+        content.notes.append(UMAP_SKIPPED)
     content.seconds = time.perf_counter() - started
     content.timings = clock.laps
     return content
@@ -142,18 +150,24 @@ def _add_figures(content: ReportContent, run: LoadedRun, outputs: Any,
     figs["confusion"] = figures.confusion(np.asarray(content.metrics["confusion_matrix"]),
                                           labels)
     clock.lap("figures")
+    colourings = {"subtype": np.asarray(labels, dtype=object)[run.test.labels],
+                  "site": run.test.sites}
     points = _tsne(outputs.embeddings, settings.seed)
     clock.lap("t-SNE")
     if points is not None:
-        subtype = np.asarray(labels, dtype=object)[run.test.labels]
-        figs["tsne"] = figures.embedding_map(points, {"subtype": subtype,
-                                                      "site": run.test.sites}, "t-SNE")
+        figs["tsne"] = figures.embedding_map(points, colourings, "t-SNE")
+    if settings.umap:
+        points = _umap(outputs.embeddings, settings.seed, settings.umap_epochs)
+        clock.lap("UMAP")
+        if points is not None:
+            figs["umap"] = figures.embedding_map(points, colourings, "UMAP")
     figs["modality_weights"] = figures.bars(content.learned_modality_weights,
                                             "learned fusion weights (all modalities present)",
                                             "weight")
     figs["attention"] = figures.heatmap(content.attention, content.modalities,
                                         content.modalities,
-                                        "mean attention: query modality (row) to key (column)")
+                                        "mean cross-modal attention: query modality (row) to "
+                                        "key (column)")
     shares = [[c.modality_share.get(m, 0.0) for m in content.modalities]
               for c in content.explanations.classes if c.n_patients]
     if shares:
@@ -171,6 +185,23 @@ def _tsne(embeddings: np.ndarray, seed: int) -> np.ndarray | None:
     perplexity = float(min(30, (n - 1) / 3))
     return TSNE(perplexity=perplexity, init="pca", random_state=seed,
                 max_iter=500).fit_transform(embeddings.astype(np.float64))
+
+
+def _umap(embeddings: np.ndarray, seed: int, epochs: int) -> np.ndarray | None:
+    """UMAP with a fixed seed: reproducible (single-threaded, as umap-learn is when seeded)."""
+    import warnings
+
+    n = len(embeddings)
+    if n < 5:
+        return None
+    with warnings.catch_warnings():
+        # "n_jobs overridden to 1 by setting random_state": the seed is the point
+        warnings.simplefilter("ignore", UserWarning)
+        from umap import UMAP  # imports numba: only when a report draws UMAP
+
+        reducer = UMAP(n_neighbors=min(15, n - 1), random_state=seed, n_epochs=epochs,
+                       low_memory=True, init="spectral" if n > 16 else "random")
+        return reducer.fit_transform(embeddings.astype(np.float64))
 
 
 def _counts(values: np.ndarray) -> dict[str, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 
@@ -101,6 +102,58 @@ def clinical_subgroups(data: MultiOmicsData, modality: str = "clinical"
             out[grouping] = _with_unknown(
                 _one_hot([names[i][len(prefix):] for i in cols], values[:, cols]), present)
     return out
+
+
+def named_subgroups(data: MultiOmicsData, names: Sequence[str],
+                    bins: dict[str, Sequence[float]] | None = None,
+                    modality: str = "clinical") -> dict[str, np.ndarray]:
+    """Grouping name -> each patient's group, for the columns a dataset manifest names.
+
+    A name is a column of ``modality`` (binned by its edges in ``bins``, else grouped
+    by value) or the prefix of one-hot columns (``race`` for ``race_*``); any other name
+    is a :class:`ValueError` naming it.
+    """
+    bins = bins or {}
+    has = modality in data.schema.modality_names
+    columns = list(data.schema.features(modality)) if has else []
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        one_hot = [i for i, c in enumerate(columns) if c.startswith(f"{name}_")]
+        if name not in columns and not one_hot:
+            raise ValueError(f"fairness subgroup {name!r} named in the manifest is not a "
+                             f"column of the {modality!r} modality (columns: "
+                             f"{columns[:20]}{' ...' if len(columns) > 20 else ''})")
+        values = data.features[modality]
+        present = data.mask[:, data.schema.modality_names.index(modality)].astype(bool)
+        if name in columns:
+            column = values[:, columns.index(name)]
+            groups = (_binned(column, bins[name]) if name in bins else
+                      np.array([_value_name(v) for v in column], dtype=object))
+        else:
+            groups = _one_hot([columns[i][len(name) + 1:] for i in one_hot],
+                              values[:, one_hot])
+        out[name] = _with_unknown(groups, present)
+    return out
+
+
+def _binned(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """``< e0``, ``e0-e1``, ..., ``>= eN`` (half-open bins); non-finite is unknown."""
+    def fmt(e: float) -> str:
+        return f"{e:g}"
+
+    names = [f"< {fmt(edges[0])}",
+             *(f"{fmt(lo)} to < {fmt(hi)}" for lo, hi in pairwise(edges)),
+             f">= {fmt(edges[-1])}"]
+    index = np.searchsorted(np.asarray(edges, float), values, side="right")
+    out = np.array([names[i] for i in index], dtype=object)
+    out[~np.isfinite(values)] = UNKNOWN
+    return out
+
+
+def _value_name(value: float) -> str:
+    if not np.isfinite(value):
+        return UNKNOWN
+    return f"{value:g}"
 
 
 def _bands(age: np.ndarray) -> np.ndarray:

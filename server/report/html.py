@@ -111,9 +111,10 @@ def _performance(c: ReportContent) -> str:
 
 
 def _embeddings(c: ReportContent) -> str:
-    return (_note("t-SNE of the patient embedding the classification head reads (the "
-                  "modality-fused vector), test patients, coloured by true subtype and "
+    return (_note("t-SNE and UMAP of the patient embedding the classification head reads "
+                  "(the modality-fused vector), test patients, coloured by true subtype and "
                   "by site.") + _img(c, "tsne", "t-SNE of patient embeddings")
+            + _img(c, "umap", "UMAP of patient embeddings")
             + "".join(_note(n) for n in c.notes))
 
 

@@ -34,6 +34,13 @@ def inspect_model(model: torch.nn.Module, data: MultiOmicsData) -> ModelOutputs:
     from common.training import tensors
 
     x, mask, _ = tensors(data)
+    return inspect_tensors(model, x, mask)
+
+
+def inspect_tensors(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor
+                    ) -> ModelOutputs:
+    """:func:`inspect_model` on standardized inputs ``x [n, F]`` and ``mask [n, M]``
+    (the inference service's ``/v1/explain`` reads one patient's internals here)."""
     model.eval()
     captured: dict[str, list] = {"embedding": [], "attn_in": [], "attn_out": []}
     hooks = [model.head.register_forward_pre_hook(
@@ -43,7 +50,11 @@ def inspect_model(model: torch.nn.Module, data: MultiOmicsData) -> ModelOutputs:
         captured["attn_in"].append((mod, args[0], args[1]))
         captured["attn_out"].append(out.detach())
 
-    hooks += [block.attn.register_forward_hook(keep_attention_io) for block in model.blocks]
+    # Tokens per modality; a model without them (the TabTransformer attends over
+    # columns, not modalities) has no cross-modal attention to summarise.
+    tokens = getattr(model, "tokens", None)
+    blocks = list(model.blocks) if tokens is not None else []
+    hooks += [block.attn.register_forward_hook(keep_attention_io) for block in blocks]
     probas, weights, attn_sum, check = [], [], None, 0.0
     try:
         with torch.inference_mode():
@@ -62,14 +73,14 @@ def inspect_model(model: torch.nn.Module, data: MultiOmicsData) -> ModelOutputs:
     finally:
         for hook in hooks:
             hook.remove()
-    n_calls = max(1, len(model.blocks)) * len(x)
+    n_calls = max(1, len(blocks)) * len(x)
     token_attn = (attn_sum / n_calls).numpy() if attn_sum is not None else None
     return ModelOutputs(
         proba=torch.cat(probas).numpy(),
         embeddings=torch.cat(captured["embedding"]).numpy(),
         fusion_weights=torch.cat(weights).numpy(),
-        attention=_by_modality(token_attn, model.tokens) if token_attn is not None
-        else np.zeros((len(model.tokens),) * 2),
+        attention=_by_modality(token_attn, tokens) if token_attn is not None
+        else np.zeros((len(model.modalities),) * 2),
         attention_check=check,
     )
 

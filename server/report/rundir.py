@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,9 @@ class TestSplit:
     labels: np.ndarray
     sites: np.ndarray  # the virtual hospital (or site code) each patient came from
     source: str
+    # [fairness] of the dataset's own manifest: column names and bin edges
+    subgroups: tuple[str, ...] = ()
+    subgroup_bins: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,25 +100,43 @@ def load_run(run_dir: Path) -> LoadedRun:
     if raw.labels is None:
         raise ValueError(f"{run_dir}: the test split has no labels; nothing to report on")
     site_names = [s["site"] for s in records.federation.get("sites", [])]
-    sites = _test_sites(fed, cfg, site_names)
+    manifest = _manifest(cfg)
+    sites = _test_sites(fed, manifest, site_names)
     _check_split(records, fed)
     return LoadedRun(records, bundle,
                      TestSplit(raw, bundle.prepare(raw, "test split"), raw.labels, sites,
-                               fed.test_source),
+                               fed.test_source,
+                               manifest.subgroups if manifest else (),
+                               dict(manifest.subgroup_bins) if manifest else {}),
                      fed.fingerprints)
 
 
-def _test_sites(fed: Any, cfg: RunConfig, site_names: list[str]) -> np.ndarray:
-    """Each test patient's hospital: its site code, or ``other`` for a site merged away;
-    ``all`` when the data carry no site codes (e.g. a separate test set without them)."""
-    from common.dataset import read_manifest, site_codes
-    from common.partition import OTHER_SITE
+def _manifest(cfg: RunConfig) -> Any:
+    """The manifest the test data were read with (``read_manifest`` decides: explicit,
+    the directory's own ``dataset.toml``, a bundled set's only for that set, or the
+    convention); None when it cannot be read."""
+    from common.dataset import read_manifest
     from common.paths import resolve_data_dir
 
     try:
         directory = resolve_data_dir(cfg.test_data or cfg.data)
         manifest = Path(cfg.manifest) if cfg.manifest and not cfg.test_data else None
-        codes = site_codes(fed.test, read_manifest(directory, manifest).site_pattern)
+        return read_manifest(directory, manifest)
+    except (ValueError, OSError) as exc:
+        logger.info("no manifest for the test data: %s", exc)
+        return None
+
+
+def _test_sites(fed: Any, manifest: Any, site_names: list[str]) -> np.ndarray:
+    """Each test patient's hospital: its site code, or ``other`` for a site merged away;
+    ``all`` when the data carry no site codes (e.g. a separate test set without them)."""
+    from common.dataset import site_codes
+    from common.partition import OTHER_SITE
+
+    try:
+        if manifest is None:
+            raise ValueError("the test data's manifest could not be read")
+        codes = site_codes(fed.test, manifest.site_pattern)
     except (ValueError, OSError) as exc:
         logger.info("test patients carry no site codes: %s", exc)
         return np.full(fed.test.n, "all", dtype=object)

@@ -13,4 +13,7 @@ class ReportSettings:
     top_k: int = 10  # features listed per class
     ig_steps: int = 32
     ig_patients_per_class: int = 40
-    seed: int = 0  # t-SNE
+    seed: int = 0  # t-SNE and UMAP
+    # UMAP's first fit in a process compiles numba kernels (about 20 s on 2 cores)
+    umap: bool = True
+    umap_epochs: int = 200

@@ -112,7 +112,8 @@ class Checkpoint:
 
 def strategy_state(strategy: Any) -> dict:
     """What a strategy accumulates over rounds: central DP releases and noise RNG state,
-    FedAvgM's momentum (as tensors: checkpoints load with ``weights_only``)."""
+    FedAvgM's momentum, FedAdam's and FedYogi's moments (as tensors: checkpoints load
+    with ``weights_only``), and the update guard's per-site rejection counts."""
     import torch
 
     state: dict[str, Any] = {}
@@ -124,6 +125,14 @@ def strategy_state(strategy: Any) -> dict:
     momentum = getattr(strategy, "momentum_vector", None)
     if momentum is not None:
         state["momentum"] = [torch.from_numpy(np.array(v, copy=True)) for v in momentum]
+    for moment in ("m_t", "v_t"):  # Flower's FedAdam / FedYogi server moments
+        values = getattr(strategy, moment, None)
+        if values:
+            state[moment] = {k: torch.from_numpy(np.array(v, copy=True))
+                             for k, v in values.items()}
+    counts = getattr(strategy, "rejection_counts", None)
+    if counts:
+        state["rejections"] = {str(site): int(n) for site, n in counts.items()}
     return state
 
 
@@ -135,6 +144,11 @@ def restore_strategy(strategy: Any, state: dict) -> None:
         strategy._rng.bit_generator.state = state["rng"]
     if "momentum" in state and hasattr(strategy, "momentum_vector"):
         strategy.momentum_vector = [t.numpy() for t in state["momentum"]]
+    for moment in ("m_t", "v_t"):
+        if moment in state and hasattr(strategy, moment):
+            setattr(strategy, moment, {k: t.numpy() for k, t in state[moment].items()})
+    if "rejections" in state and hasattr(strategy, "rejection_counts"):
+        strategy.rejection_counts.update(state["rejections"])
 
 
 def save_checkpoint(directory: Path, ckpt: Checkpoint) -> None:

@@ -192,8 +192,16 @@ class _Run:
             return None
 
         def save(state: dict) -> None:
-            checkpoint(Checkpoint.of_run(self.outcome, state, self.cfg, self.tracker.best.state(),
-                                         self.strategy, self.elapsed()))
+            ckpt = Checkpoint.of_run(self.outcome, state, self.cfg, self.tracker.best.state(),
+                                     self.strategy, self.elapsed())
+            try:
+                checkpoint(ckpt)
+            except OSError as exc:
+                # A full disk or a lost permission must not end the run: the checkpoint is
+                # replaced atomically, so the last good one stays for a resume.
+                logger.error("round %d: checkpoint not written (%s); the run goes on, and "
+                             "a resume would start after the last checkpoint written",
+                             ckpt.round, exc)
 
         return save
 

@@ -45,6 +45,12 @@ class Explanation:
     modalities: list[ModalityContribution]
     top_features: list[FeatureAttribution]
     learned_modality_weights: dict[str, float]
+    # |sum(attributions) - (target_probability - baseline_probability)|, as in the report
+    completeness_gap: float
+    # query modality -> key modality -> mean attention (rows sum to 1), as in the report;
+    # None for a model without cross-modal attention blocks
+    attention: dict[str, dict[str, float]] | None
+    attention_check: float | None
 
 
 def explain(
@@ -94,6 +100,7 @@ def explain(
     for col in order:
         m, f = predictor.feature_at(int(col))
         top.append(FeatureAttribution(m, f, float(raw[0, col]), float(a[col])))
+    attention, attention_check = _attention(model, xt, mt, predictor.modalities)
     return Explanation(
         target=predictor.label_names[target],
         target_probability=p_x,
@@ -103,4 +110,21 @@ def explain(
         modalities=contributions,
         top_features=top,
         learned_modality_weights=model.learned_modality_weights(),
+        completeness_gap=abs(float(a.sum()) - (p_x - p_base)),
+        attention=attention,
+        attention_check=attention_check,
     )
+
+
+def _attention(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor,
+               modalities: list[str]) -> tuple[dict[str, dict[str, float]] | None,
+                                                float | None]:
+    """The patient's cross-modal attention, by the report's own inspection."""
+    from server.report.inspection import inspect_tensors
+
+    if not all(hasattr(model, part) for part in ("blocks", "head", "tokens")):
+        return None, None  # no attention over modality tokens
+    outputs = inspect_tensors(model, x, mask)
+    matrix = outputs.attention
+    return ({q: {k: float(matrix[i, j]) for j, k in enumerate(modalities)}
+             for i, q in enumerate(modalities)}, float(outputs.attention_check))

@@ -125,6 +125,16 @@ class ExplainResponse(BaseModel):
     top_features: list[FeatureAttributionOut]
     learned_modality_weights: dict[str, float] = Field(
         description="Fusion weights when every modality is present.")
+    completeness_gap: float = Field(
+        description="|sum(attributions) - (target_probability - baseline_probability)|, "
+        "the report's completeness check for this patient.")
+    attention: dict[str, dict[str, float]] | None = Field(
+        default=None, description="Cross-modal attention of this patient: query modality "
+        "-> key modality -> attention averaged over blocks, heads and the query's tokens "
+        "(rows sum to 1; absent modalities get 0). Null for a model without attention "
+        "blocks.")
+    attention_check: float | None = Field(
+        default=None, description="Max |recomputed attention-block output - actual|.")
 
 
 class SchemaResponse(BaseModel):

@@ -68,11 +68,8 @@ def start(body: StartRun, state: State, who: Operator) -> dict[str, Any]:
 
 @router.post("/{run_id}/stop")
 def stop(run_id: str, state: State, who: Operator) -> dict[str, Any]:
-    control = _control(state)
     with state.lock:
-        row = _row(state, run_id)
-        if row.status != "running":
-            raise ConsoleError(409, f"run {run_id!r} is {row.status}, not running")
+        control, row = _controlled_run(state, run_id, ("running",), "not running")
         control.stop(row)
         state.store.update_run(run_id, status="stopped", finished_at=utc_now())
         _audit(state, who, "run.stop", run_id, flower_runs=row.flower_runs)
@@ -81,12 +78,9 @@ def stop(run_id: str, state: State, who: Operator) -> dict[str, Any]:
 
 @router.post("/{run_id}/resume")
 def resume(run_id: str, state: State, who: Operator) -> dict[str, Any]:
-    control = _control(state)
     with state.lock:
-        row = _row(state, run_id)
-        if row.status not in ("stopped", "failed"):
-            raise ConsoleError(409, f"run {run_id!r} is {row.status}; only a stopped or "
-                               "failed run can be resumed")
+        control, row = _controlled_run(state, run_id, ("stopped", "failed"),
+                                       "only a stopped or failed run can be resumed")
         _refuse_second_run(state)
         flower_runs = control.resume(row)
         state.store.update_run(run_id, status="running", finished_at=None,
@@ -151,6 +145,17 @@ def _control(state: ConsoleState) -> Any:
         raise ConsoleError(503, "this service has no SuperLink (read-only): runs cannot be "
                            "started, stopped or resumed here")
     return state.control
+
+
+def _controlled_run(state: ConsoleState, run_id: str, allowed: tuple[str, ...],
+                    refusal: str) -> tuple[Any, RunRow]:
+    """The run control and the run, which must be in one of the ``allowed`` statuses
+    (409 with ``refusal`` otherwise); call with ``state.lock`` held."""
+    control = _control(state)
+    row = _row(state, run_id)
+    if row.status not in allowed:
+        raise ConsoleError(409, f"run {run_id!r} is {row.status}; {refusal}")
+    return control, row
 
 
 def _refuse_second_run(state: ConsoleState) -> None:

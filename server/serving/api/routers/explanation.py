@@ -67,4 +67,6 @@ def _explain(body: s.ExplainRequest, request: Request, who: Principal, predictor
         convergence_delta=exp.convergence_delta, steps=exp.steps,
         modalities=[s.ModalityContributionOut(**asdict(c)) for c in exp.modalities],
         top_features=[s.FeatureAttributionOut(**asdict(f)) for f in exp.top_features],
-        learned_modality_weights=exp.learned_modality_weights)
+        learned_modality_weights=exp.learned_modality_weights,
+        completeness_gap=exp.completeness_gap, attention=exp.attention,
+        attention_check=exp.attention_check)
