@@ -66,8 +66,7 @@ def run_federation(
     epsilon from earlier runs into this run's round configs.
     """
     run = _Run(grid, cfg, cfg.round_timeout if timeout is None else timeout, test, resume,
-               on_round, checkpoint)
-    run.spend_book = spend_book
+               on_round, checkpoint, spend_book)
     pending: tuple[RoundRecord, dict] | None = None  # a round awaiting its validation
     for rnd in range(run.first_round, cfg.rounds + 1):
         if not run.sites_connected(rnd):
@@ -105,14 +104,15 @@ class _Run:
     def __init__(self, grid: Grid, cfg: RunConfig, timeout: float,
                  test: MultiOmicsData | None, resume: Checkpoint | None,
                  on_round: Callable[[dict], None] | None,
-                 checkpoint: Callable[[Checkpoint], None] | None) -> None:
+                 checkpoint: Callable[[Checkpoint], None] | None,
+                 spend_book: SpendBook | None) -> None:
         from common.model import ModelSpec, build_model
         from common.training import seed_everything
         from server.secagg import SecAggSettings
         from strategies import strategy_for_run
 
         self.grid, self.cfg, self.timeout = grid, cfg, timeout
-        self.spend_book: SpendBook | None = None  # deployment: spend from earlier runs
+        self.spend_book = spend_book  # deployment: spend from earlier runs
         self.start = time.perf_counter()
         self.prior_seconds = resume.seconds if resume is not None else 0.0
         if resume is None:
