@@ -1,11 +1,12 @@
 """What a site computes in a distributed-DP round: noised sums, never a per-site value.
 
 Under distributed DP the sites train one model by full-batch gradient descent together:
-each site clips every training patient's gradient to norm ``clip``, sums them, and adds
-its *share* of Gaussian noise, sized so that the shares of the ``min_sites`` sites a
-round must keep add up to the noise one trusted curator would add to the consortium's
-sum (:func:`noise_share_std`). The noised sum leaves the site only inside Flower's
-SecAgg+, so the coordinator learns only the consortium's noised sum and takes the step.
+each site clips every training patient's gradient to norm ``clip``, sums them in integer
+units, and adds its *share* of Skellam noise, sized so that the shares of the
+``min_sites`` sites a round must keep add up to the noise one trusted curator would add
+to the consortium's sum (:func:`client.distributed_round.skellam_share_variance`). The
+noised sum leaves the site only inside Flower's SecAgg+, so the coordinator learns only
+the consortium's noised sum and takes the step.
 
 The same holds for everything else a site reports: its class counts (once per run) and
 its validation confusion counts (every round) are noised sums too.
@@ -18,32 +19,11 @@ class weights, which per-patient clipping would cancel.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-
-def noise_share_std(noise_multiplier: float, sensitivity: float, min_sites: int) -> float:
-    """The standard deviation of one site's Gaussian share.
-
-    ``min_sites`` shares of this size sum to ``noise_multiplier * sensitivity``; a round
-    that keeps more sites only has more noise than accounted.
-    """
-    if min_sites < 1:
-        raise ValueError(f"min_sites must be >= 1, got {min_sites}")
-    return noise_multiplier * sensitivity / math.sqrt(min_sites)
-
-
-def gaussian_share(shape: Sequence[int] | int, std: float,
-                   generator: np.random.Generator | None = None) -> np.ndarray:
-    """Gaussian noise from the operating system's entropy (not a seeded generator: a
-    reproducible share could be subtracted by anyone who knows the seed)."""
-    rng = generator if generator is not None else np.random.default_rng()
-    return rng.normal(0.0, std, size=shape)
 
 
 def clipped_gradient_sum(
@@ -54,13 +34,16 @@ def clipped_gradient_sum(
     log_prior: torch.Tensor,
     clip: float,
     *,
+    units: float | None = None,
     chunk: int = 256,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Sum over patients of each patient's loss gradient clipped to L2 norm ``clip``.
 
     Returns the sums by parameter name and the summed (unclipped) loss. Per-patient
     gradients come from ``torch.func`` (vmap of grad over the batch), ``chunk`` patients
-    at a time to bound memory.
+    at a time to bound memory. With ``units``, every clipped gradient is scaled by it and
+    rounded coordinate by coordinate before the sum, which is then an integer vector in
+    float64 (:mod:`common.discrete_dp`).
     """
     from torch.func import functional_call, grad, vmap
 
@@ -75,7 +58,8 @@ def clipped_gradient_sum(
 
     per_patient = vmap(grad(patient_loss, has_aux=True), in_dims=(None, 0, 0, 0),
                        randomness="different")
-    sums = {k: torch.zeros_like(p) for k, p in params.items()}
+    sums = {k: torch.zeros_like(p, dtype=torch.float64 if units else p.dtype)
+            for k, p in params.items()}
     loss_sum = 0.0
     was_training = model.training
     model.eval()  # no dropout: the gradient of the model the consortium holds
@@ -86,7 +70,11 @@ def clipped_gradient_sum(
             norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(dim=1) for g in grads.values()))
             scale = (clip / (norms + 1e-12)).clamp(max=1.0)
             for k, g in grads.items():
-                sums[k] += torch.einsum("b,b...->...", scale, g)
+                if units:
+                    clipped = g.double() * scale.double().view(-1, *([1] * (g.dim() - 1)))
+                    sums[k] += torch.round(clipped * units).sum(dim=0)
+                else:
+                    sums[k] += torch.einsum("b,b...->...", scale, g)
             loss_sum += float(losses.sum())
     finally:
         model.train(was_training)

@@ -1,8 +1,9 @@
 """A site's release in a distributed-DP run: one noised vector, checked against its budget.
 
 Every task of a distributed-DP round (:data:`common.protocol.TRAIN_TASK` and the others)
-yields one vector the site sends only through SecAgg+, each part with the site's share of
-the run's Gaussian noise (:func:`client.distributed_dp.noise_share_std`):
+yields one integer vector the site sends only through SecAgg+: every patient's clipped
+contribution in integer units (:func:`common.discrete_dp.to_units`), summed, plus the
+site's share of the run's Skellam noise (:func:`skellam_share_variance`):
 
 * ``class-counts``: ``[class counts]``;
 * ``train``: the clipped gradient sum of every weight tensor, in ``state_dict`` order;
@@ -29,6 +30,14 @@ from client.dp import RoundRefused, SitePrivacy
 from client.site import Site
 from common.config import RunConfig
 from common.consortium_setup import ConsortiumSetup
+from common.discrete_dp import (
+    UNITS,
+    bounded,
+    integer_scale,
+    rounded_sensitivity,
+    skellam_share,
+    skellam_variance,
+)
 from common.distributed_dp import NoisePlan
 from common.protocol import CLASS_COUNTS_TASK, TRAIN_TASK, VALIDATE_TASK, RoundConfig
 
@@ -66,7 +75,8 @@ def release(site: Site, rc: RoundConfig, cfg: RunConfig, privacy: SitePrivacy, *
         labels = site.train.labels
         assert labels is not None
         counts = np.bincount(labels, minlength=len(site.train.schema.label_names))
-        vector = [_noised(counts.astype(np.float64), plan.count_noise, 1.0, plan, privacy)]
+        vector = [_noised(counts * integer_scale(1.0), plan.count_noise, UNITS, plan,
+                          privacy)]
     else:
         if setup is None or state is None:
             raise ValueError(f"task {rc.task!r} needs the consortium setup and the weights")
@@ -100,32 +110,54 @@ def _model_release(site: Site, rc: RoundConfig, cfg: RunConfig, plan: NoisePlan,
     if rc.task == VALIDATE_TASK:
         metrics = validation_metrics(model, site, setup)
         assert metrics.confusion is not None
-        return [_noised(metrics.confusion.ravel().astype(np.float64), plan.validation_noise,
-                        1.0, plan, privacy)]
+        return [_noised(metrics.confusion.ravel() * integer_scale(1.0),
+                        plan.validation_noise, UNITS, plan, privacy)]
     x, mask, y = (t.to(device) for t in tensors(prepared(site.train, setup)))
     if isinstance(model, CentroidClassifier):
-        sums, sensitivity = centroid_sums(model, x, mask, y, plan, rc.server_round)
-        return [_noised(v, plan.round_noise(rc.server_round), sensitivity, plan, privacy)
-                for v in flatten_in_order(sums, state)]
+        sums, _ = centroid_sums(model, x, mask, y, plan, rc.server_round, in_units=True)
+        # Coordinates of one patient's row: the projection's, or one per feature.
+        round_two = not (plan.centre_round and rc.server_round == 1)
+        dims = (plan.projection if round_two and plan.projection else x.shape[1])
+        return [_noised(v, plan.round_noise(rc.server_round), rounded_sensitivity(dims), plan,
+                        privacy) for v in flatten_in_order(sums, state)]
     log_prior = torch.as_tensor(np.log(setup.class_prior), dtype=torch.float32, device=device)
-    sums, _ = clipped_gradient_sum(model, x, mask, y, log_prior, plan.clip)
+    sums, _ = clipped_gradient_sum(model, x, mask, y, log_prior, plan.clip,
+                                   units=integer_scale(plan.clip))
     grads = flatten_in_order(sums, state)
-    return [_noised(g, plan.gradient_noise, plan.clip, plan, privacy) for g in grads]
+    dims = sum(g.size for g in grads)
+    return [_noised(g, plan.gradient_noise, rounded_sensitivity(dims), plan, privacy)
+            for g in grads]
+
+
+def skellam_share_variance(noise_multiplier: float, sensitivity_units: float,
+                           min_sites: int) -> float:
+    """The variance of one site's Skellam share: ``min_sites`` shares add up to the noise
+    the plan accounts for (:func:`common.discrete_dp.skellam_variance`); a round that
+    keeps more sites only has more noise than accounted."""
+    if min_sites < 1:
+        raise ValueError(f"min_sites must be >= 1, got {min_sites}")
+    return skellam_variance(noise_multiplier, sensitivity_units) / min_sites
 
 
 def centroid_sums(model: Any, x: Any, mask: Any, y: Any, plan: NoisePlan,
-                  server_round: int) -> tuple[dict[str, Any], float]:
+                  server_round: int, *, in_units: bool = False) -> tuple[dict[str, Any], float]:
     """The class-centroid model's sums by state name, and their sensitivity: round 1 the
     patients' feature vectors (norm <= 1), round 2 each class's clipped deviations; with
     the plan's projection, the deviations projected and clipped again, in the first
-    columns of the weight's shape (the rest is 0)."""
+    columns of the weight's shape (the rest is 0). ``in_units``: every patient's row in
+    rounded integer units (:func:`common.discrete_dp.to_units`) before the sum."""
     import torch
 
     from common.centroid import clip_rows, projection_matrix
 
+    def units(rows: Any, sensitivity: float) -> Any:
+        if not in_units:
+            return rows
+        return torch.round(rows.double() * integer_scale(sensitivity))
+
     with torch.no_grad():
         if plan.centre_round and server_round == 1:
-            return {"centre": model.patient_vectors(x, mask).sum(dim=0)}, 1.0
+            return {"centre": units(model.patient_vectors(x, mask), 1.0).sum(dim=0)}, 1.0
         model.radius.fill_(plan.clip)
         deviations = model.deviations(x, mask)
         if plan.projection:
@@ -134,23 +166,23 @@ def centroid_sums(model: Any, x: Any, mask: Any, y: Any, plan: NoisePlan,
             projected = torch.zeros_like(deviations)
             projected[:, :plan.projection] = clip_rows(deviations @ p.T, plan.clip)
             deviations = projected
-        onehot = torch.nn.functional.one_hot(y, model.spec.n_classes).to(x.dtype)
+        deviations = units(deviations, plan.clip)
+        onehot = torch.nn.functional.one_hot(y, model.spec.n_classes).to(deviations.dtype)
         return {"head.weight": onehot.T @ deviations}, plan.clip
 
 
-def _noised(values: np.ndarray, noise_multiplier: float, sensitivity: float, plan: NoisePlan,
-            privacy: SitePrivacy) -> np.ndarray:
-    from client.distributed_dp import gaussian_share, noise_share_std
-
-    std = noise_share_std(noise_multiplier, sensitivity, plan.min_sites)
+def _noised(units: np.ndarray, noise_multiplier: float, sensitivity_units: float,
+            plan: NoisePlan, privacy: SitePrivacy) -> np.ndarray:
+    variance = skellam_share_variance(noise_multiplier, sensitivity_units, plan.min_sites)
     # The site's floor: its share alone keeps this much noise, whatever others do.
-    std = max(std, privacy.noise_floor * sensitivity)
-    return values + gaussian_share(values.shape, std)
+    variance = max(variance, (privacy.noise_floor * sensitivity_units) ** 2)
+    return bounded(units, plan.min_sites) + skellam_share(units.shape, variance)
 
 
 def _check_budget(privacy: SitePrivacy, noises: list[float]) -> None:
     budget = privacy.budget
-    after = privacy.ledger.epsilon_with([(s, FULL_BATCH, 1) for s in noises], budget.delta)
+    after = privacy.ledger.epsilon_with([(s, FULL_BATCH, 1) for s in noises], budget.delta,
+                                        discrete=True)
     if after > budget.epsilon:
         spent = privacy.ledger.epsilon(budget.delta)
         raise RoundRefused(f"release would bring epsilon to {after:.4g} > budget "
@@ -164,4 +196,5 @@ def _record(privacy: SitePrivacy, noises: list[float], run_id: str, server_round
     for sigma in noises:
         privacy.ledger.record(LedgerEntry(
             run_id=run_id, round=server_round, noise_multiplier=sigma,
-            sample_rate=FULL_BATCH, steps=1, timestamp=stamp, delta=privacy.budget.delta))
+            sample_rate=FULL_BATCH, steps=1, timestamp=stamp, delta=privacy.budget.delta,
+            mechanism="skellam"))

@@ -12,13 +12,14 @@ A distributed-DP run releases, through secure aggregation, only noised consortiu
   round would cost budget the gradient steps need, and the learning rate decays to the
   last round, which is the run's model.
 
-Each release is a full-batch Gaussian mechanism (sampling rate 1), so Rényi DP composes
-them exactly: the run is as private as one Gaussian release with noise multiplier
-``sigma_run``, where ``1 / sigma_run**2`` is the sum of ``1 / sigma_j**2`` over the
-releases. The plan gives each kind of release a fixed share of that sum
-(:data:`BUDGET_SHARES`) and calibrates ``sigma_run`` to the run's (epsilon, delta).
-Every site checks each release against its own ledger and budget before it adds its
-noise share; the plan only proposes the noise.
+Each release is a full-batch mechanism (sampling rate 1) whose integer Skellam noise is
+accounted as the Gaussian mechanism at the same multiplier, at integer RDP orders
+(:mod:`common.discrete_dp`), so Rényi DP composes them exactly: the run is as private as
+one Gaussian release with noise multiplier ``sigma_run``, where ``1 / sigma_run**2`` is
+the sum of ``1 / sigma_j**2`` over the releases. The plan gives each kind of release a
+fixed share of that sum (:data:`BUDGET_SHARES`) and calibrates ``sigma_run`` to the
+run's (epsilon, delta). Every site checks each release against its own ledger and budget
+before it adds its noise share; the plan only proposes the noise.
 """
 
 from __future__ import annotations
@@ -87,6 +88,18 @@ class NoisePlan:
         return self.centre_noise if self.centre_round and server_round == 1 \
             else self.gradient_noise
 
+    def sensitivity(self, server_round: int) -> float:
+        """The L2 bound of one patient's contribution to training round ``server_round``'s
+        release: 1 for the centre (feature vectors of norm <= 1), ``clip`` otherwise."""
+        return 1.0 if self.centre_round and server_round == 1 else self.clip
+
+    @property
+    def integer_range(self) -> int:
+        """SecAgg+'s clipping range for the integer sums of ``min_sites`` sites."""
+        from common.discrete_dp import integer_range
+
+        return integer_range(self.min_sites)
+
     def releases(self) -> list[tuple[float, int]]:
         """``(noise multiplier, count)`` of every release the plan makes."""
         centre = [(self.centre_noise, 1)] if self.centre_round else []
@@ -104,14 +117,16 @@ class NoisePlan:
 
 
 def gaussian_epsilon(releases: list[tuple[float, int]], delta: float) -> float:
-    """Epsilon at ``delta`` of full-batch Gaussian releases ``(noise multiplier, count)``,
-    by Opacus' RDP analysis."""
+    """Epsilon at ``delta`` of full-batch releases ``(noise multiplier, count)`` by RDP
+    at the integer orders only: the sites add Skellam noise, whose RDP is at most the
+    Gaussian mechanism's at the same multiplier there (:mod:`common.discrete_dp`)."""
     import warnings
 
-    from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis import rdp as analysis
 
-    orders = RDPAccountant.DEFAULT_ALPHAS
+    from common.discrete_dp import INTEGER_ORDERS
+
+    orders = list(INTEGER_ORDERS)
     total = sum(analysis.compute_rdp(q=1.0, noise_multiplier=sigma, steps=count, orders=orders)
                 for sigma, count in releases)
     with warnings.catch_warnings():

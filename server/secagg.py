@@ -62,6 +62,9 @@ class SecAggSettings:
     threshold: float = 0.5
     clipping_range: float = CLIPPING_RANGE
     timeout: float | None = None
+    # Fixed-point levels over [-clipping_range, clipping_range] (Flower's default 2**22);
+    # twice an integer clipping range carries integer vectors exactly.
+    quantization_range: int = 2 ** 22
 
 
 @dataclass
@@ -164,7 +167,7 @@ def secure_train_round(
     workflow = SecAggPlusWorkflow(
         num_shares=1.0, reconstruction_threshold=settings.threshold,
         max_weight=float(max(1, max_weight)), clipping_range=settings.clipping_range,
-        timeout=settings.timeout,
+        quantization_range=settings.quantization_range, timeout=settings.timeout,
     )
     capture = _ReplyCapture(grid)
     try:

@@ -14,7 +14,8 @@ import torch
 from scripted_grid import synthetic_data
 from torch import nn
 
-from client.distributed_dp import clipped_gradient_sum, noise_share_std
+from client.distributed_dp import clipped_gradient_sum
+from client.distributed_round import skellam_share_variance
 from common.config import RunConfig
 from common.distributed_dp import NoisePlan, gaussian_epsilon
 from common.preprocessing import Standardizer
@@ -43,11 +44,15 @@ def test_noise_plan_spends_exactly_the_budget(epsilon):
 
 
 def test_shares_of_the_minimum_sites_add_up_to_the_planned_noise():
+    from common.discrete_dp import UNITS
+
     plan = NoisePlan.calibrate(8.0, 1e-5, 10, 0.5, 7)
-    share = noise_share_std(plan.gradient_noise, plan.clip, plan.min_sites)
-    assert share * math.sqrt(plan.min_sites) == pytest.approx(plan.gradient_noise * plan.clip)
+    share = skellam_share_variance(plan.gradient_noise, UNITS, plan.min_sites)
+    planned = (plan.gradient_noise * UNITS) ** 2
+    assert share * plan.min_sites == pytest.approx(planned, rel=1e-6)
+    assert share * plan.min_sites >= planned
     # A sum over fewer sites would carry less noise than accounted.
-    assert share * math.sqrt(plan.min_sites - 1) < plan.gradient_noise * plan.clip
+    assert share * (plan.min_sites - 1) < planned
 
 
 def test_more_rounds_than_planned_cost_more_than_the_budget():
@@ -139,13 +144,17 @@ def test_class_counts_release_is_noised_and_recorded(tmp_path, tiny_data):
     rc = RoundConfig(task=CLASS_COUNTS_TASK, noise_plan=plan)
     out = release(_site(tiny_data), rc, RunConfig(), privacy, setup=None, state=None,
                   run_id="r")
+    from common.discrete_dp import integer_scale
+
     counts = np.bincount(tiny_data.labels, minlength=tiny_data.schema.n_classes)
-    assert out.vector[0].shape == counts.shape
-    assert not np.array_equal(out.vector[0], counts)  # noised
-    np.testing.assert_allclose(out.vector[0], counts, atol=3.0)
+    released = out.vector[0]
+    assert released.shape == counts.shape
+    np.testing.assert_array_equal(released, np.rint(released))  # integers for SecAgg+
+    assert not np.array_equal(released / integer_scale(1.0), counts)  # noised
+    np.testing.assert_allclose(released / integer_scale(1.0), counts, atol=3.0)
     entries = privacy.ledger.entries
-    assert [(e.noise_multiplier, e.sample_rate, e.steps) for e in entries] == [
-        (plan.count_noise, 1.0, 1)]
+    assert [(e.noise_multiplier, e.sample_rate, e.steps, e.mechanism) for e in entries] == [
+        (plan.count_noise, 1.0, 1, "skellam")]
     assert entries[0].delta == pytest.approx(1e-5)
     assert out.epsilon == pytest.approx(privacy.ledger.epsilon(1e-5))
 
@@ -186,6 +195,8 @@ def test_train_release_is_the_gradient_sum_and_validate_the_confusion(tmp_path, 
                     cfg, privacy, setup=setup, state=state, run_id="r")
     shapes = [tuple(v.shape) for v in state.values()]
     assert [v.shape for v in first.vector] == shapes
+    for v in first.vector:
+        np.testing.assert_array_equal(v, np.rint(v))
     assert [v.shape for v in withheld(RoundConfig(task=TRAIN_TASK), [v.numpy() for v in
                                                                      state.values()],
                                       schema.n_classes)] == shapes

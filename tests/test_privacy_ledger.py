@@ -240,7 +240,7 @@ CORRUPT = {
     "empty file": ("", "not valid JSON"),
     "wrong format": (json.dumps({**_valid_payload(), "format": "something-else"}),
                      "not a privacy ledger"),
-    "unknown version": (json.dumps({**_valid_payload(), "version": 3}), "version 3"),
+    "unknown version": (json.dumps({**_valid_payload(), "version": 4}), "version 4"),
     "delta in a version 1 entry": (_with_entry(delta=1e-5), "keys"),
     "negative steps": (_with_entry(steps=-5), "steps"),
     "nan noise": (_with_entry(noise_multiplier=math.nan), "noise_multiplier"),

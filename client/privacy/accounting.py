@@ -27,14 +27,21 @@ def merge_history(items: Iterable[tuple[float, float, int]]) -> History:
     return [(sigma, q, steps) for (sigma, q), steps in merged.items() if steps > 0]
 
 
-def epsilon_of(history: History, delta: float, accountant: str) -> float:
-    """Epsilon of ``history`` at ``delta`` with ``accountant`` (``rdp`` or ``prv``)."""
+def epsilon_of(history: History, delta: float, accountant: str, *,
+               integer_orders: bool = False) -> float:
+    """Epsilon of ``history`` at ``delta`` with ``accountant`` (``rdp`` or ``prv``).
+
+    ``integer_orders``: the history holds discrete (Skellam) releases, whose RDP bound
+    holds at integer orders only (:mod:`common.discrete_dp`); the whole history is then
+    converted by RDP at those orders, whatever the ledger's accountant (a valid bound for
+    its Gaussian entries too, and the only one proven for the discrete ones).
+    """
     if not is_real(delta) or not 0 < delta < 1:
         raise ValueError(f"delta must be a number with 0 < delta < 1, got {delta!r}")
     if not history:
         return 0.0
-    if accountant == "rdp":
-        return _rdp_epsilon(history, delta)
+    if accountant == "rdp" or integer_orders:
+        return _rdp_epsilon(history, delta, integer_orders)
     from opacus.accountants import PRVAccountant
 
     acc = PRVAccountant()
@@ -47,8 +54,9 @@ def epsilon_of(history: History, delta: float, accountant: str) -> float:
         return float(acc.get_epsilon(delta=delta))
 
 
-def _rdp_epsilon(history: History, delta: float) -> float:
-    """What ``RDPAccountant(history=history).get_epsilon(delta)`` returns, bit for bit.
+def _rdp_epsilon(history: History, delta: float, integer_orders: bool = False) -> float:
+    """What ``RDPAccountant(history=history).get_epsilon(delta)`` returns, bit for bit
+    (with ``integer_orders``, the same over the integer orders of its grid).
 
     The accountant recomputes every pair's RDP curve on each call (~50 ms a pair), which
     a bisection over a long ledger repeats dozens of times; the curves are cached.
@@ -58,12 +66,16 @@ def _rdp_epsilon(history: History, delta: float) -> float:
 
     # Same terms, same order of summation as RDPAccountant.get_privacy_spent.
     rdp = sum([_rdp_per_step(sigma, q) * steps for sigma, q, steps in history])
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    if integer_orders:
+        from common.discrete_dp import INTEGER_ORDERS
+
+        keep = [i for i, a in enumerate(orders) if a in INTEGER_ORDERS]
+        orders, rdp = [orders[i] for i in keep], rdp[keep]
     with warnings.catch_warnings():
         # "Optimal order is the largest alpha": the bound is valid, merely not the tightest.
         warnings.simplefilter("ignore", UserWarning)
-        eps, _ = analysis.get_privacy_spent(
-            orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta
-        )
+        eps, _ = analysis.get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
     return float(eps)
 
 

@@ -84,7 +84,8 @@ def calibrate_noise(
         def fits_k(k: int) -> bool:
             history = ledger.projected_history(_sigma(k), sample_rate, steps_per_round,
                                               rounds_left)
-            return epsilon_of(history, budget.delta, accountant) <= budget.epsilon
+            return epsilon_of(history, budget.delta, accountant,
+                              integer_orders=ledger.discrete) <= budget.epsilon
 
         return fits_k
 

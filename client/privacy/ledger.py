@@ -1,14 +1,17 @@
 """A site's privacy ledger: the append-only file of every DP-SGD round it has trained,
 ``STATE_DIR/privacy-ledger.json``::
 
-    {"format": "cancer-alpha-privacy-ledger", "version": 2, "accountant": "rdp",
+    {"format": "cancer-alpha-privacy-ledger", "version": 3, "accountant": "rdp",
      "entries": [{"run_id": "...", "round": 1, "noise_multiplier": 1.2,
                   "sample_rate": 0.05, "steps": 80, "timestamp": "2025-...+00:00",
                   "delta": 4e-05}]}
 
-Each entry records the delta the site accounted at (its budget's delta). Version 1
-files, whose entries have no ``delta``, are read as they are; appending to one writes
-version 2 and leaves the old entries without a delta.
+Each entry records the delta the site accounted at (its budget's delta). A release of a
+distributed-DP run, whose noise is integer Skellam noise, also records
+``"mechanism": "skellam"`` (version 3): once a ledger holds one, its epsilon is taken by
+RDP at integer orders, where the Skellam bound holds (:mod:`common.discrete_dp`).
+Version 1 files, whose entries have no ``delta``, are read as they are; appending to one
+writes the current version and leaves the old entries as they were.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ logger = logging.getLogger(__name__)
 
 LEDGER_FILE = "privacy-ledger.json"
 LEDGER_FORMAT = "cancer-alpha-privacy-ledger"
-LEDGER_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+LEDGER_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+MECHANISMS = ("gaussian", "skellam")
 
 
 class LedgerError(ValueError):
@@ -60,6 +64,7 @@ class LedgerEntry:
     steps: int
     timestamp: str  # ISO 8601, UTC
     delta: float | None = None  # the budget's delta; None in version 1 ledgers
+    mechanism: str = "gaussian"  # "skellam": integer noise, accounted at integer orders
 
     def __post_init__(self) -> None:
         problems = []
@@ -84,6 +89,8 @@ class LedgerEntry:
                 problems.append(f"timestamp is not ISO 8601: {self.timestamp!r}")
         if self.delta is not None and (not is_real(self.delta) or not 0 < self.delta < 1):
             problems.append(f"delta must be a number with 0 < delta < 1, got {self.delta!r}")
+        if self.mechanism not in MECHANISMS:
+            problems.append(f"mechanism must be one of {MECHANISMS}, got {self.mechanism!r}")
         if problems:
             raise ValueError("; ".join(problems))
         # numpy scalars pass the checks; store plain Python numbers so they serialize.
@@ -94,15 +101,19 @@ class LedgerEntry:
             object.__setattr__(self, "delta", float(self.delta))
 
     def to_dict(self) -> dict[str, Any]:
-        """The entry as stored; an entry without a recorded delta has no ``delta`` key."""
+        """The entry as stored; an entry without a recorded delta has no ``delta`` key,
+        a Gaussian one no ``mechanism`` key (as in version 2)."""
         out = asdict(self)
         if self.delta is None:
             del out["delta"]
+        if self.mechanism == "gaussian":
+            del out["mechanism"]
         return out
 
 
 _ENTRY_KEYS = frozenset(f.name for f in fields(LedgerEntry))
-_ENTRY_KEYS_V1 = _ENTRY_KEYS - {"delta"}
+_ENTRY_KEYS_V2 = _ENTRY_KEYS - {"mechanism"}
+_ENTRY_KEYS_V1 = _ENTRY_KEYS_V2 - {"delta"}
 _TOP_KEYS = frozenset({"format", "version", "accountant", "entries"})
 
 
@@ -147,6 +158,12 @@ class PrivacyLedger:
         """Every distinct delta the entries record, in the order first recorded."""
         return list(dict.fromkeys(e.delta for e in self._entries if e.delta is not None))
 
+    @property
+    def discrete(self) -> bool:
+        """Whether an entry is a discrete (Skellam) release: then every epsilon of the
+        ledger is taken at integer RDP orders."""
+        return any(e.mechanism == "skellam" for e in self._entries)
+
     def history(self) -> History:
         """``(noise_multiplier, sample_rate, steps)`` with identical pairs merged.
 
@@ -158,7 +175,8 @@ class PrivacyLedger:
 
     def epsilon(self, delta: float) -> float:
         """Cumulative epsilon spent at ``delta`` (0.0 for an empty ledger)."""
-        return epsilon_of(self.history(), delta, self.accountant)
+        return epsilon_of(self.history(), delta, self.accountant,
+                          integer_orders=self.discrete)
 
     def epsilon_after(
         self, noise_multiplier: float, sample_rate: float, steps: int, delta: float
@@ -166,13 +184,16 @@ class PrivacyLedger:
         """Epsilon after one more round of ``steps`` at (noise, rate); nothing is recorded."""
         check_round_args(noise_multiplier, sample_rate, steps)
         return epsilon_of(self.projected_history(noise_multiplier, sample_rate, steps), delta,
-                          self.accountant)
+                          self.accountant, integer_orders=self.discrete)
 
-    def epsilon_with(self, releases: list[tuple[float, float, int]], delta: float) -> float:
-        """Epsilon after ``releases`` ``(noise, rate, steps)`` more; nothing is recorded."""
+    def epsilon_with(self, releases: list[tuple[float, float, int]], delta: float, *,
+                     discrete: bool = False) -> float:
+        """Epsilon after ``releases`` ``(noise, rate, steps)`` more (``discrete``: Skellam
+        releases); nothing is recorded."""
         for sigma, q, steps in releases:
             check_round_args(sigma, q, steps)
-        return epsilon_of(merge_history([*self.history(), *releases]), delta, self.accountant)
+        return epsilon_of(merge_history([*self.history(), *releases]), delta, self.accountant,
+                          integer_orders=self.discrete or discrete)
 
     def projected_history(
         self, noise_multiplier: float, sample_rate: float, steps: int, rounds: int = 1
@@ -208,7 +229,10 @@ class PrivacyLedger:
         # indent=1 keeps a long ledger readable and small; NaN is refused, never written.
         write_json_atomic(self.path, {
             "format": LEDGER_FORMAT,
-            "version": LEDGER_VERSION,
+            # A ledger of Gaussian entries only stays readable by releases that know
+            # version 2; a release that cannot account Skellam entries must refuse them.
+            "version": LEDGER_VERSION if any(e.mechanism != "gaussian" for e in entries)
+            else 2,
             "accountant": self.accountant,
             "entries": [e.to_dict() for e in entries],
         }, private=True, indent=1)
@@ -260,8 +284,10 @@ def _read_ledger(path: Path) -> tuple[tuple[LedgerEntry, ...], str | None]:
     raw = data.get("entries")
     if not isinstance(raw, list):
         raise LedgerError(f"{path}: 'entries' must be a list, got {type(raw).__name__}")
-    # Version 1 entries never record a delta; version 2 entries may predate it.
-    allowed = (_ENTRY_KEYS_V1,) if version == 1 else (_ENTRY_KEYS, _ENTRY_KEYS_V1)
+    # Version 1 entries never record a delta; version 2 entries may predate it; version 3
+    # entries name their mechanism when it is not Gaussian.
+    allowed = {1: (_ENTRY_KEYS_V1,), 2: (_ENTRY_KEYS_V2, _ENTRY_KEYS_V1),
+               3: (_ENTRY_KEYS, _ENTRY_KEYS_V2, _ENTRY_KEYS_V1)}[version]
     entries = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict) or set(item) not in allowed:

@@ -158,9 +158,9 @@ def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
     secure = secure_train_round(
         grid, 0, ArrayRecord({CLASS_COUNTS_TASK: to_array(np.zeros(n_classes))}),
         sorted(nodes), config, max_weight=1,
-        settings=secagg_settings(timeout))
+        settings=secagg_settings(timeout, plan))
     problem = too_few_sites(secure, plan)
-    counts = summed(secure)
+    counts = summed(secure, 1.0)
     if problem is not None or counts is None:
         reasons = "; ".join(f"{r['site']}: {r['reason']}" for r in secure.rejected)
         raise FederationError(f"class counts: {problem or 'no sum'}"

@@ -32,16 +32,13 @@ from flwr.app import ArrayRecord, Message, RecordDict
 
 from common.centroid import CENTROID_KIND, centroid_weights, projection_for
 from common.config import RunConfig, TrainConfig
+from common.discrete_dp import integer_scale
 from common.distributed_dp import DEFAULT_DELTA, NoisePlan
 from common.protocol import METRICS, SITE, SiteMetrics, site_record, to_array
 from server.secagg import SecAggSettings, SecureRound
 
 logger = logging.getLogger(__name__)
 
-# Fixed-point range of the masked values: gradient sums and counts of a site's patients
-# plus its noise share. Precision over this range stays about 1e-4 with Flower's 2**22
-# quantization levels, far below the noise.
-SUM_CLIPPING_RANGE = 256.0
 # Site name of the pooled validation reply (one noised sum, not a site).
 NOISED_SUM = "consortium (noised sum)"
 
@@ -58,12 +55,15 @@ def noise_plan_for(cfg: RunConfig, sites: int) -> NoisePlan:
     return plan
 
 
-def summed(secure: SecureRound) -> list[np.ndarray] | None:
-    """The sites' noised vectors added up (SecAgg+ yields their mean: each site sends
-    weight 1)."""
+def summed(secure: SecureRound, sensitivity: float) -> list[np.ndarray] | None:
+    """The sites' noised integer vectors added up, back in the units of a release whose
+    patients each move it by at most ``sensitivity`` (SecAgg+ yields the integers' mean:
+    each site sends weight 1)."""
     if secure.mean_update is None or secure.accepted == 0:
         return None
-    return [np.asarray(v, dtype=np.float64) * secure.accepted for v in secure.mean_update]
+    scale = integer_scale(sensitivity)
+    return [np.rint(np.asarray(v, dtype=np.float64) * secure.accepted) / scale
+            for v in secure.mean_update]
 
 
 def too_few_sites(secure: SecureRound, plan: NoisePlan) -> str | None:
@@ -146,10 +146,13 @@ def validation_reply(confusion_sum: np.ndarray, n_classes: int, request: Message
                                        SITE: site_record(NOISED_SUM)}), reply_to=request)
 
 
-def secagg_settings(timeout: float) -> SecAggSettings:
-    """SecAgg+ for noised sums: a wide fixed-point range, and unmasking that needs every
-    site (the noise shares are sized for all the sites that joined)."""
-    return SecAggSettings(threshold=1.0, clipping_range=SUM_CLIPPING_RANGE, timeout=timeout)
+def secagg_settings(timeout: float, plan: NoisePlan) -> SecAggSettings:
+    """SecAgg+ for integer noised sums: a clipping range the sites' sums stay within and
+    twice as many quantization levels, so that Flower carries each integer exactly; and
+    unmasking that needs every site (the noise shares are sized for all that joined)."""
+    bound = plan.integer_range
+    return SecAggSettings(threshold=1.0, clipping_range=float(bound),
+                          quantization_range=2 * bound, timeout=timeout)
 
 
 @dataclass
@@ -193,7 +196,7 @@ class DistributedRun:
         must be discarded."""
         secure.aggregate = None
         problem = too_few_sites(secure, self.plan)
-        sums = summed(secure)
+        sums = summed(secure, self.plan.sensitivity(server_round))
         if problem is not None or sums is None:
             if problem is not None:
                 secure.rejected.append({"site": NOISED_SUM, "reason": problem})
@@ -208,7 +211,7 @@ class DistributedRun:
 
     def open_validation(self, secure: SecureRound, request: Message) -> Message | None:
         """The pooled validation reply of a validate-only round, or None."""
-        sums = summed(secure)
+        sums = summed(secure, 1.0)  # confusion counts
         if too_few_sites(secure, self.plan) is not None or sums is None:
             return None
         return validation_reply(sums[0], self.n_classes, request)

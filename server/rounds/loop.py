@@ -139,7 +139,7 @@ class _Run:
             self.distributed = DistributedRun.of(
                 self.outcome.distributed_dp, cfg, self.outcome.schema.n_classes,
                 sum(self.outcome.schema.feature_counts().values()))
-            secagg = secagg_settings(timeout)
+            secagg = secagg_settings(timeout, self.distributed.plan)
             max_weight = 1  # every site's noised sum counts once
         else:
             secagg = (SecAggSettings(cfg.secagg_threshold, timeout=timeout)

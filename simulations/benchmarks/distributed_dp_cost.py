@@ -37,9 +37,10 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 def main() -> None:
     import torch
 
-    from client.distributed_dp import clipped_gradient_sum, gaussian_share
+    from client.distributed_dp import clipped_gradient_sum
     from client.distributed_round import centroid_sums
     from common.config import CENTROID_KIND, ModelConfig, RunConfig
+    from common.discrete_dp import integer_scale, skellam_share
     from common.distributed_dp import NoisePlan
     from common.model import ModelSpec, build_model
     from common.preprocessing import Standardizer
@@ -62,10 +63,10 @@ def main() -> None:
     state = centroid.state_dict()
 
     def centroid_dp() -> None:
-        sums, _ = centroid_sums(centroid, x, mask, y, plan, 2)
+        sums, _ = centroid_sums(centroid, x, mask, y, plan, 2, in_units=True)
         for name, ref in state.items():
             value = sums.get(name, torch.zeros_like(ref)).double().numpy()
-            value + gaussian_share(value.shape, 0.1)
+            value + skellam_share(value.shape, 1e6)
 
     def centroid_plain() -> None:
         with torch.no_grad():
@@ -77,9 +78,10 @@ def main() -> None:
     log_prior = torch.zeros(n_classes)
 
     def mmt_dp() -> None:
-        sums, _ = clipped_gradient_sum(mmt, x, mask, y, log_prior, 1.0)
+        sums, _ = clipped_gradient_sum(mmt, x, mask, y, log_prior, 1.0,
+                                       units=integer_scale(1.0))
         for v in sums.values():
-            v.double().numpy() + gaussian_share(tuple(v.shape), 0.1)
+            v.numpy() + skellam_share(tuple(v.shape), 1e6)
 
     def mmt_plain() -> None:
         mmt.zero_grad()
