@@ -9,10 +9,12 @@ Partitioners:
   hospital called ``other`` (dropped, and recorded as dropped, if even the merged group
   is below ``min_site_size``). With ``n_sites`` set, the ``n_sites - 1`` largest sites
   are kept and every other site is merged into ``other``.
-* ``dirichlet:ALPHA``: label skew; each class is spread over ``n_sites`` hospitals with
-  Dirichlet(ALPHA) proportions (smaller ALPHA = more skew), redrawn until every hospital
-  has at least ``min(min_site_size, 10)`` patients (strong skew rarely fills larger
-  minimums).
+* ``dirichlet:ALPHA``: label skew (Hsu et al., 2019); each of ``n_sites`` equally sized
+  hospitals draws its class mix from Dirichlet(ALPHA) over the classes (smaller ALPHA =
+  more skew) and fills its places from it, taking the classes still left once its own
+  are used up. Every hospital gets ``len(labels) // n_sites`` patients or one more, so
+  many small, unlike hospitals are possible (40 of 15 patients each) where a per-class
+  split would leave some empty.
 * ``iid``: stratified, equally sized hospitals.
 
 Every hospital holds out ``val_fraction`` of its patients (stratified where the class
@@ -167,17 +169,25 @@ def _dirichlet_groups(
         raise ValueError(f"{len(labels)} patients cannot fill {n_sites} hospitals of at "
                          f"least {min_site_size}; lower --sites")
     rng = np.random.default_rng(seed)
-    for _ in range(1000):
-        parts: list[list[int]] = [[] for _ in range(n_sites)]
-        for c in np.unique(labels):
-            members = rng.permutation(np.flatnonzero(labels == c))
-            cuts = (np.cumsum(rng.dirichlet([alpha] * n_sites)) * len(members)).astype(int)
-            for k, chunk in enumerate(np.split(members, cuts[:-1])):
-                parts[k].extend(chunk.tolist())
-        if min(len(p) for p in parts) >= min_site_size:
-            return {f"site-{k + 1:02d}": np.sort(np.array(p)) for k, p in enumerate(parts)}
-    raise ValueError(f"dirichlet:{alpha:g} could not give every one of {n_sites} hospitals "
-                     f"{min_site_size} patients in 1000 draws; raise ALPHA or lower --sites")
+    classes = np.unique(labels)
+    pools = [list(rng.permutation(np.flatnonzero(labels == c))) for c in classes]
+    sizes = np.full(n_sites, len(labels) // n_sites)
+    sizes[: len(labels) % n_sites] += 1
+    mix = rng.dirichlet([alpha] * len(classes), size=n_sites)
+    parts: list[list[int]] = [[] for _ in range(n_sites)]
+    # One place per hospital per pass, in a fresh order each pass, so that no hospital
+    # empties a class before the others have drawn from it.
+    for _ in range(int(sizes.max())):
+        for k in rng.permutation(n_sites):
+            if len(parts[k]) == sizes[k]:
+                continue
+            left = np.array([len(pool) for pool in pools], dtype=float)
+            weights = mix[k] * (left > 0)
+            if weights.sum() <= 0:  # its classes are used up: take what is left
+                weights = left
+            c = rng.choice(len(classes), p=weights / weights.sum())
+            parts[k].append(int(pools[c].pop()))
+    return {f"site-{k + 1:02d}": np.sort(np.array(p)) for k, p in enumerate(parts)}
 
 
 def _iid_groups(labels: np.ndarray, n_sites: int, seed: int) -> dict[str, np.ndarray]:

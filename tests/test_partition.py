@@ -284,3 +284,13 @@ def test_brca_site_partition_shape(brca):
     dropped = sum(plan.dropped.values())
     check_plan_is_a_partition(plan, np.arange(len(pool)) if not dropped else assigned(plan))
     assert len(assigned(plan)) + dropped == len(pool)
+
+
+def test_dirichlet_fills_many_small_unlike_hospitals():
+    labels = make_labels([250, 150, 110, 60, 30])  # 600 patients, one rare class
+    plan = plan_federation(labels, PartitionSpec.parse("dirichlet:0.3"), seed=0,
+                           n_sites=40, min_site_size=10)
+    assert len(plan.sites) == 40
+    assert {s.n for s in plan.sites} <= {15}
+    check_plan_is_a_partition(plan, np.arange(len(labels)))
+    assert mean_label_skew(labels, plan) > 0.3
