@@ -191,7 +191,9 @@ class CoordinatorMetrics:
         if "seconds" in record:
             self.round_duration.observe(float(record["seconds"]))
             self.last_round_duration.set(float(record["seconds"]))
-        trained = [s for s in record.get("sites", ()) if "n_train" in s]
+        from server.coordinator.progress import participated
+
+        trained = [s for s in record.get("sites", ()) if participated(s)]
         self.participating_sites.set(len(trained))
         for site in trained:
             self.site_rounds.labels(site=site["site"]).inc()

@@ -314,3 +314,17 @@ def test_serve_coordinator_metrics_needs_a_directory(monkeypatch):
     monkeypatch.delenv(MULTIPROC_ENV, raising=False)
     with pytest.raises(ValueError, match=MULTIPROC_ENV):
         serve_coordinator_metrics(0, "127.0.0.1")
+
+
+def test_a_distributed_dp_round_counts_the_sites_in_its_noised_sum(served):
+    metrics, port = served
+    metrics.round_completed({"round": 2, "rejected": [], "sites": [
+        {"site": "site-a", "epsilon": 7.9, "delta": 1e-5},
+        {"site": "site-b", "epsilon": 7.9, "delta": 1e-5},
+        {"site": "site-c", "epsilon": 7.9, "delta": 1e-5},
+        {"site": "site-d", "refused": "budget"}]})
+    got = scrape(port)
+    # A private site reports its epsilon, not its size: it still took part.
+    assert got[("cancer_alpha_participating_sites", ())] == 3
+    assert got[("cancer_alpha_site_epsilon", (("site", "site-a"),))] == 7.9
+    assert ("cancer_alpha_site_epsilon", (("site", "site-d"),)) not in got
