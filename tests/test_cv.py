@@ -185,3 +185,6 @@ def test_cv_on_brca_two_folds_federated(tmp_path, bundled_dir):
         assert metrics["f1_macro"] == summary["f1_macro"]["values"][k - 1]
         config = json.loads((out / f"fold-{k}" / "federated" / "config.json").read_text())
         assert config["run_config"]["test_ids"].endswith(f"fold-{k}/test_ids.txt")
+    # The last fold's federated run is reported in the cv directory itself.
+    html = (out / "report.html").read_text()
+    assert "<html" in html.lower() and (out / "model_card.md").is_file()
