@@ -13,17 +13,17 @@ from rich.table import Table
 from common.config import DP_MODES, RunConfig
 from common.metrics import METRIC_KEYS
 from common.model_kinds import KINDS
-from simulations.cli import (
+from simulations.cli_options import (
     DataOpt,
     ManifestOpt,
     PartitionOpt,
     SeedOpt,
     SitesOpt,
     VerboseOpt,
-    _default,
-    _fail,
-    _given,
-    _setup_logging,
+    default_note,
+    fail,
+    given,
+    setup_logging,
 )
 from simulations.cv import MODES, CvSettings
 
@@ -38,7 +38,7 @@ def cv(
         "--folds", help="Number of folds (stratified; within each site for the site "
         "partition).")] = 5,
     model: Annotated[str | None, typer.Option(
-        "--model", help=f"Model architecture: {', '.join(KINDS)}." + _default("mmt"))
+        "--model", help=f"Model architecture: {', '.join(KINDS)}." + default_note("mmt"))
     ] = None,
     mode: Annotated[str, typer.Option(
         "--mode", help=f"Which models to cross-validate: {', '.join(MODES)}.")] = "both",
@@ -49,10 +49,10 @@ def cv(
         "simulate).")] = "none",
     rounds: Annotated[int | None, typer.Option(
         "--rounds", help="Federated rounds (the centralized model trains rounds x "
-        "local epochs epochs at most)." + _default(f"{_NO_DP.rounds} without DP"))] = None,
+        "local epochs epochs at most)." + default_note(f"{_NO_DP.rounds} without DP"))] = None,
     local_epochs: Annotated[int | None, typer.Option(
         "--local-epochs", help="Local epochs per round."
-        + _default(f"{_NO_DP.local_epochs} without DP"))] = None,
+        + default_note(f"{_NO_DP.local_epochs} without DP"))] = None,
     baselines: Annotated[bool, typer.Option(
         help="Also fit logistic regression, random forest, SVM and gradient boosting on "
         "every fold.")] = False,
@@ -73,7 +73,7 @@ def cv(
     patients and choose epochs and rounds on validation patients carved from them. Writes
     per-fold records (metrics, patient ids, seeds) and cv.json (mean +- std per metric).
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from server.rounds import FederationError
     from simulations.cv import run_cv, with_model_kind
     from simulations.runner import new_run_id
@@ -82,13 +82,13 @@ def cv(
     run_dir = out or Path("runs") / f"cv-{new_run_id()}"
     try:
         settings.validate()
-        cfg = with_model_kind(RunConfig.preset(dp, **_given(
+        cfg = with_model_kind(RunConfig.preset(dp, **given(
             data=data, manifest=manifest, partition=partition, sites=sites, rounds=rounds,
             local_epochs=local_epochs, seed=seed)), model)
         summary = run_cv(cfg, settings, run_dir, show_progress=not json_output,
                          on_fold=None if json_output else _print_fold)
     except (ValueError, FileNotFoundError, FederationError) as exc:
-        _fail(exc)
+        fail(exc)
     if json_output:
         print(json.dumps(summary["summary"], indent=2))
     else:
