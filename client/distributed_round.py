@@ -37,6 +37,7 @@ from common.discrete_dp import (
     rounded_sensitivity,
     skellam_share,
     skellam_variance,
+    to_units,
 )
 from common.distributed_dp import NoisePlan
 from common.protocol import CLASS_COUNTS_TASK, TRAIN_TASK, VALIDATE_TASK, RoundConfig
@@ -153,7 +154,7 @@ def centroid_sums(model: Any, x: Any, mask: Any, y: Any, plan: NoisePlan,
     def units(rows: Any, sensitivity: float) -> Any:
         if not in_units:
             return rows
-        return torch.round(rows.double() * integer_scale(sensitivity))
+        return torch.from_numpy(to_units(rows.cpu().numpy(), sensitivity)).to(rows.device)
 
     with torch.no_grad():
         if plan.centre_round and server_round == 1:

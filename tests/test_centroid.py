@@ -120,6 +120,16 @@ def test_site_releases_the_feature_sum_then_the_class_sums(tmp_path, data):
     for c in range(schema.n_classes):
         np.testing.assert_allclose(second["head.weight"][c].numpy(),
                                    dev[y == c].sum(dim=0).numpy(), rtol=1e-4, atol=1e-6)
+    # In integer units (what SecAgg+ carries): each patient's row rounded, then summed.
+    from common.discrete_dp import integer_scale
+
+    units, _ = centroid_sums(model, x, mask, y, plan, 2, in_units=True)
+    scale = integer_scale(CENTROID_RADIUS)
+    for c in range(schema.n_classes):
+        rows = np.rint(dev[y == c].double().numpy() * scale)
+        np.testing.assert_array_equal(units["head.weight"][c].numpy(), rows.sum(axis=0))
+    np.testing.assert_allclose(units["head.weight"].numpy() / scale,
+                               second["head.weight"].numpy(), atol=0.5 * len(y) / scale)
 
     privacy = site_privacy("h1", 10, {}, cfg)
     site = Site("h1", data, data)
