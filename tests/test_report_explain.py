@@ -47,3 +47,46 @@ def test_explain_matches_the_report_for_one_patient(served) -> None:
     total = sum(m["attribution"] for m in e["modalities"])
     assert e["completeness_gap"] == pytest.approx(
         abs(total - (e["target_probability"] - e["baseline_probability"])), abs=1e-6)
+
+
+def test_concurrent_explanations_and_predictions_do_not_mix_their_tensors(served) -> None:
+    """The service shares one model between request threads: explanations running at
+    the same time as each other and as plain forward passes get their own attention."""
+    import threading
+
+    import torch
+
+    from server.report.inspection import inspect_model
+
+    data, bundle = served["data"], served["bundle"]
+    model = bundle.build_model()
+    patients = [bundle.prepare(data.subset([i])) for i in range(6)]
+    alone = [inspect_model(model, p).attention for p in patients]
+    x, mask = (torch.as_tensor(a) for a in (bundle.prepare(data).concat(), data.mask))
+    together: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(patients) + 1)
+
+    def explain(i: int) -> None:
+        start.wait()
+        try:
+            for _ in range(5):
+                together[i] = inspect_model(model, patients[i]).attention
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def predict() -> None:
+        start.wait()
+        with torch.inference_mode():
+            for _ in range(20):
+                model(x.float(), mask.float())
+
+    threads = [threading.Thread(target=explain, args=(i,)) for i in range(len(patients))]
+    threads.append(threading.Thread(target=predict))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    for i, attention in enumerate(alone):
+        np.testing.assert_allclose(together[i], attention, atol=1e-5)

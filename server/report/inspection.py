@@ -5,11 +5,16 @@ cross-modal attention of every transformer block.
 Read through forward hooks, so the model code stays as it is. The attention matrix is
 recomputed from the block's input with its own projection weights (the module returns
 only its output); the recomputation is checked against the module's actual output.
+
+The hooks sit on the model itself, which the inference service shares between request
+threads: each hook records only the forward passes of the thread that registered it, so
+concurrent explanations and predictions never see each other's tensors.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,12 +48,18 @@ def inspect_tensors(model: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor
     (the inference service's ``/v1/explain`` reads one patient's internals here)."""
     model.eval()
     captured: dict[str, list] = {"embedding": [], "attn_in": [], "attn_out": []}
-    hooks = [model.head.register_forward_pre_hook(
-        lambda _m, args: captured["embedding"].append(args[0].detach()))]
+    caller = threading.get_ident()
+
+    def keep_embedding(_mod: torch.nn.Module, args: tuple) -> None:
+        if threading.get_ident() == caller:
+            captured["embedding"].append(args[0].detach())
 
     def keep_attention_io(mod: torch.nn.Module, args: tuple, out: torch.Tensor) -> None:
-        captured["attn_in"].append((mod, args[0], args[1]))
-        captured["attn_out"].append(out.detach())
+        if threading.get_ident() == caller:
+            captured["attn_in"].append((mod, args[0], args[1]))
+            captured["attn_out"].append(out.detach())
+
+    hooks = [model.head.register_forward_pre_hook(keep_embedding)]
 
     # Tokens per modality; a model without them (the TabTransformer attends over
     # columns, not modalities) has no cross-modal attention to summarise.
