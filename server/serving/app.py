@@ -30,7 +30,7 @@ from server.serving.auth import Role, TokenService
 from server.serving.batching import MicroBatcher
 from server.serving.database import open_database
 from server.serving.model_loading import load_predictor, warm_up
-from server.serving.prediction_cache import PredictionCache
+from server.serving.prediction_cache import open_prediction_cache
 from server.serving.prometheus import ServingMetrics
 from server.serving.registry import Registry
 from server.serving.revocation import RevocationList
@@ -64,8 +64,8 @@ def open_state(settings: ServingSettings, metrics: ServingMetrics | None = None
                               predictor.identity.stage or "unregistered").set(1)
     logger.info("serving %s (%d features, %d classes)", predictor.identity.model_id,
                 predictor.n_features, len(predictor.label_names))
-    cache = (PredictionCache(settings.prediction_cache_size) if settings.prediction_cache
-             else None)
+    cache = open_prediction_cache(settings.prediction_cache, settings.prediction_cache_size,
+                                  settings.prediction_cache_redis_url)
     batcher = MicroBatcher(predictor, audit, cache=cache,
                            on_cache_lookup=metrics.count_cache_lookups)
     return ServingState(settings, engine, registry, audit, token_service, predictor, metrics,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.serving.audit_log import AuditLog, Entry
-from server.serving.prediction_cache import PredictionCache
+from server.serving.prediction_cache import PredictionCache, RedisPredictionCache
 from server.serving.predictor import Predictor
 
 
@@ -55,7 +55,7 @@ class MicroBatcher:
     """Coalesces concurrent ``run`` calls into shared forward passes (one per worker)."""
 
     def __init__(self, predictor: Predictor, audit: AuditLog, max_rows: int = 256, *,
-                 cache: PredictionCache | None = None,
+                 cache: PredictionCache | RedisPredictionCache | None = None,
                  on_cache_lookup: Callable[[int, int], object] | None = None) -> None:
         """``on_cache_lookup(hits, misses)`` is told each request's cache lookups."""
         self.predictor = predictor

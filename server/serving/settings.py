@@ -68,6 +68,8 @@ class ServingSettings:
     # In-process LRU of predictions per worker (prediction_cache.py): patients it holds.
     prediction_cache: bool = True
     prediction_cache_size: int = 10_000
+    # Redis URL (redis://host:port/db) of a cache shared by workers; empty: the LRU above.
+    prediction_cache_redis_url: str = ""
     metrics_public: bool = False  # /metrics without a token (scrape over a private network)
     ssl_keyfile: str = ""
     ssl_certfile: str = ""
