@@ -1,7 +1,7 @@
 """The coordinator service's console API over a store filled from run directories on
 disk (no SuperLink: run control is a recording stand-in), the per-round progress of
-``coordinator start``, and one end-to-end run with the real service and two real sites
-(marked ``e2e``)."""
+``coordinator start``. The real service with two real sites is tested in
+test_console_e2e.py (one shared federation)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -325,43 +324,6 @@ def test_round_progress_lines_follow_the_run_directory(tmp_path):
                      "2.5 s"]
     assert round_line({"round": 4, "failed": True, "rejected": []}) == \
         "round 4: failed (no usable aggregate)"
-
-
-@pytest.mark.e2e
-def test_real_service_runs_a_federation_started_through_the_api(console_service):
-    base, lead, _admin, site = console_service
-    auth = {"Authorization": f"Bearer {lead}"}
-    with httpx.Client(base_url=base, headers=auth, timeout=30) as http:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            sites = http.get("/api/sites").json()
-            if all(s["online"] for s in sites):
-                break
-            time.sleep(0.5)
-        assert sorted(s["name"] for s in sites if s["online"]) == list(SITES)
-        started = http.post("/api/runs", json={"template": "e2e", "name": "live"})
-        assert started.status_code == 200, started.text
-        kinds, rounds = [], []
-        with http.stream("GET", "/api/runs/live/events", timeout=120) as stream:
-            kind = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    kind = line[7:]
-                elif line.startswith("data: "):
-                    kinds.append(kind)
-                    if kind == "round":
-                        rounds.append(json.loads(line[6:]))
-                    elif json.loads(line[6:])["status"] != "running":
-                        break
-        assert [r["round"] for r in rounds] == [1, 2]
-        assert all(s["participated"] for r in rounds for s in r["sites"])
-        detail = http.get("/api/runs/live").json()
-        assert detail["status"] == "finished", detail
-        assert "live" in [m["run_id"] for m in http.get("/api/models").json()]
-        actions = [e["action"] for e in http.get("/api/audit").json()]
-        assert "run.start" in actions
-        other = http.get("/api/sites", headers={"Authorization": f"Bearer {site}"}).json()
-        assert [s["name"] for s in other] == ["site-a"]
 
 
 def test_runs_are_submitted_from_a_staged_copy_of_the_app(tmp_path):

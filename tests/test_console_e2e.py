@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import running_in_ci
 
@@ -75,6 +77,33 @@ def _log_in(page, base_url: str, token: str) -> None:
     page.get_by_role("heading", name="Overview").wait_for()
 
 
+def _filter_and_compare(page, finished: str, stopped: str) -> None:
+    """Filter the runs list by status, then compare the two runs' curves."""
+    from playwright.sync_api import expect
+
+    runs = page.get_by_role("table", name="runs")
+    for status, shown, hidden in (("finished", finished, stopped),
+                                  ("stopped", stopped, finished)):
+        page.get_by_role("combobox", name=re.compile("^Status")).click()
+        page.get_by_role("option", name=status, exact=True).click()
+        expect(runs.get_by_role("link", name=shown, exact=True)).to_be_visible()
+        expect(runs.get_by_role("link", name=hidden, exact=True)).to_have_count(0)
+    page.get_by_role("combobox", name=re.compile("^Status")).click()
+    page.get_by_role("option", name="all", exact=True).click()
+    for run in (finished, stopped):
+        runs.get_by_role("checkbox", name=f"compare {run}").check()
+    chart = page.get_by_role("figure", name=f"macro-F1 per round: {finished} vs {stopped}")
+    expect(chart).to_be_visible()
+    # one line and one legend entry per run; the finished run's line has a point per round
+    expect(chart.locator(".recharts-legend-item")).to_have_count(2)
+    for run in (finished, stopped):
+        expect(chart.locator(".recharts-legend-item").filter(has_text=run)).to_have_count(1)
+    data = page.get_by_role("table", name=re.compile("^macro-F1 per round: .* \\(data\\)$"))
+    expect(data.get_by_role("columnheader", name=f"{finished} f1_macro")).to_have_count(1)
+    expect(data.get_by_role("columnheader", name=f"{stopped} f1_macro")).to_have_count(1)
+    expect(chart.locator(".recharts-line-dots").first.locator("circle")).to_have_count(2)
+
+
 def test_lead_runs_watches_promotes_and_audits(console_service, browser_page, tmp_path):
     from playwright.sync_api import expect
 
@@ -114,12 +143,22 @@ def test_lead_runs_watches_promotes_and_audits(console_service, browser_page, tm
     expect(page.locator("main").get_by_text("finished", exact=True)).to_be_visible()
     assert loads == [], f"the run page reloaded instead of streaming: {loads}"
 
-    # the finished run from the list, and a comparison chart needs two: the list alone
+    # the finished run from the list
     _nav(page, "Runs").click()
     page.get_by_role("link", name=run_id).click()
     expect(page.get_by_role("table", name="sites in this run")).to_contain_text("site-b")
+
+    # a second run, stopped at once: the list's filter and the comparison need two runs
     _nav(page, "Runs").click()
-    page.get_by_role("table", name="runs").wait_for()
+    page.get_by_role("combobox", name="Template").click()
+    page.get_by_role("option", name=re.compile("^e2e")).click()
+    page.get_by_label("Run name (optional)").fill("stopped-early")
+    page.get_by_role("button", name="Start run").click()
+    page.get_by_role("heading", name="Run stopped-early").wait_for()
+    page.get_by_role("button", name="Stop run").click()
+    expect(page.locator("main").get_by_text("stopped", exact=True)).to_be_visible()
+    _nav(page, "Runs").click()
+    _filter_and_compare(page, run_id, "stopped-early")
     page.screenshot(path=shots / "runs.png")
 
     # promote the run's model
@@ -157,3 +196,54 @@ def test_lead_runs_watches_promotes_and_audits(console_service, browser_page, tm
     assert sorted(p.name for p in shots.glob("*.png")) == sorted(
         ["login.png", "overview.png", "sites.png", "run-live.png", "runs.png", "models.png",
          "audit.png", "site-refused.png"])
+
+
+def _finished_run(http, sites: tuple[str, ...]) -> str:
+    """The session's finished run (the browser test's), else one started here."""
+    finished = http.get("/api/runs", params={"status": "finished"}).json()
+    if finished:
+        return finished[0]["id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # both sites registered and polled as online
+        if sorted(s["name"] for s in http.get("/api/sites").json() if s["online"]) == \
+                list(sites):
+            break
+        time.sleep(0.5)
+    started = http.post("/api/runs", json={"template": "e2e", "name": "api-run"})
+    assert started.status_code == 200, started.text
+    return started.json()["id"]
+
+
+def test_api_streams_and_reports_a_real_run(console_service):
+    """The API over the real run: its event stream, detail, model, audit and scope."""
+    base, lead, _admin, site = console_service
+    sites = ("site-a", "site-b")
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {lead}"},
+                      timeout=30) as http:
+        assert sorted(s["name"] for s in http.get("/api/sites").json() if s["online"]) == \
+            list(sites)
+        run_id = _finished_run(http, sites)
+        kinds, rounds = [], []
+        with http.stream("GET", f"/api/runs/{run_id}/events", timeout=TIMEOUT_MS / 1000) \
+                as stream:
+            kind = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    kinds.append(kind)
+                    if kind == "round":
+                        rounds.append(json.loads(line[6:]))
+                    elif json.loads(line[6:])["status"] != "running":
+                        break
+        assert [r["round"] for r in rounds] == [1, 2]
+        assert kinds[-1] != "round"
+        assert all(s["participated"] for r in rounds for s in r["sites"])
+        assert sorted(s["name"] for s in rounds[-1]["sites"]) == list(sites)
+        detail = http.get(f"/api/runs/{run_id}").json()
+        assert detail["status"] == "finished", detail
+        assert run_id in [m["run_id"] for m in http.get("/api/models").json()]
+        starts = [e for e in http.get("/api/audit").json() if e["action"] == "run.start"]
+        assert run_id in json.dumps(starts)
+        other = http.get("/api/sites", headers={"Authorization": f"Bearer {site}"}).json()
+        assert [s["name"] for s in other] == ["site-a"]
