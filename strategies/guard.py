@@ -13,6 +13,10 @@ naming the site, a reply that
   (a free-rider: no training, full weight), or moves it further than ``max_norm_ratio``
   times the round's median distance (a scaled update; needs 3 or more updates to have
   a median worth the name);
+* with the direction check on (``min_cosine`` > -1): points away from the round's
+  robust direction, the coordinate-wise median of the updates relative to the global
+  weights (cosine below ``min_cosine``: a sign-flipped or noise update; needs 3 or more
+  updates);
 * comes from a quarantined site (see :mod:`strategies.quarantine`).
 
 and aggregates the rest. Rejections are counted per site over the run.
@@ -48,6 +52,7 @@ class VettingRules:
 
     max_norm_ratio: float = 0.0  # 0: no bound relative to the round's median distance
     quarantine_after: int = 0  # 0: never quarantine
+    min_cosine: float = -1.0  # -1: no direction check against the round's median update
 
 
 def update_problem(msg: Message, reference: ArrayRecord | None) -> str | None:
@@ -119,6 +124,34 @@ def distance_problems(distances: Mapping[int, float], max_ratio: float) -> dict[
     return problems
 
 
+def update_vector(arrays: ArrayRecord, reference: ArrayRecord) -> np.ndarray:
+    """A site's weights minus the global weights, flattened in the reference's key order."""
+    return np.concatenate([
+        (arrays[key].numpy().astype(np.float64) - ref.numpy().astype(np.float64)).ravel()
+        for key, ref in reference.items()
+    ])
+
+
+def direction_problems(updates: Mapping[int, np.ndarray], min_cosine: float) -> dict[int, str]:
+    """Index -> reason, for updates whose cosine with the coordinate-wise median update
+    is below ``min_cosine``; none when the check is off or fewer than 3 updates."""
+    if min_cosine <= -1.0 or len(updates) < MIN_UPDATES_FOR_NORM_BOUND:
+        return {}
+    median = np.median(np.stack(list(updates.values())), axis=0)
+    median_norm = float(np.linalg.norm(median))
+    if median_norm == 0.0:
+        return {}
+    problems: dict[int, str] = {}
+    for i, update in updates.items():
+        norm = float(np.linalg.norm(update))
+        cosine = float(np.dot(update, median)) / (norm * median_norm) if norm > 0 else 0.0
+        logger.info("update %d: cosine %.4f with the round's median update", i, cosine)
+        if cosine < min_cosine:
+            problems[i] = (f"update direction has cosine {cosine:.3g} with the round's "
+                           f"median update, below {min_cosine:g}")
+    return problems
+
+
 class _ReadCopy(ArrayRecord):
     """A shallow copy of a reply's weights for Flower's aggregators to read: emptying it
     frees nothing, so it skips the garbage collection Flower forces per reply."""
@@ -170,6 +203,13 @@ class UpdateGuard:
             distances = {i: update_distance(m.content[ARRAYS], reference)
                          for i, m in enumerate(candidates)}
             problems = distance_problems(distances, self.vetting.max_norm_ratio)
+            for i, problem in problems.items():
+                self._reject(server_round, candidates[i], problem)
+            candidates = [m for i, m in enumerate(candidates) if i not in problems]
+        if reference is not None and candidates and self.vetting.min_cosine > -1.0:
+            updates = {i: update_vector(m.content[ARRAYS], reference)
+                       for i, m in enumerate(candidates)}
+            problems = direction_problems(updates, self.vetting.min_cosine)
             for i, problem in problems.items():
                 self._reject(server_round, candidates[i], problem)
             candidates = [m for i, m in enumerate(candidates) if i not in problems]

@@ -868,3 +868,23 @@ def test_quarantine_command_lists_and_releases_with_an_audit_line(tmp_path):
         "released", "E2", "alice", "fixed export")
     listed = runner.invoke(quarantine_app, ["list", "--run-dir", str(tmp_path)])
     assert "quarantined now: none" in listed.output
+
+
+def test_direction_check_rejects_a_sign_flipped_update_and_keeps_honest_ones():
+    from strategies.guard import VettingRules
+
+    reference = weights(0.0)
+    good = honest_updates(4, seed=3)
+    flipped = {k: (2 * reference[k] - good[0][k]).astype(np.float32) for k in SHAPES}
+    strategy = vetted(max_norm_ratio=0.0)
+    strategy.vetting = VettingRules(min_cosine=0.0)
+    replies = [reply(i + 1, a, 10) for i, a in enumerate(good)]
+    replies.append(reply(5, flipped, 10, "flipped"))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert [r["site"] for r in strategy.rejected] == ["flipped"]
+    assert "cosine" in strategy.rejected[0]["reason"]
+    assert_arrays_close(arrays, weighted_average([(g, 10) for g in good]))
+    # The check off: the same flipped update is aggregated.
+    strategy = vetted(max_norm_ratio=0.0)
+    strategy.aggregate_train(1, replies)
+    assert strategy.rejected == []
