@@ -196,9 +196,12 @@ class RunConfig:
     server_lr: float = 0.01  # fedadam, fedyogi: the server optimizer's learning rate (eta)
     server_tau: float = 1e-3  # fedadam, fedyogi: adaptivity (larger: closer to SGD)
     # Update vetting (strategies.guard): reject an update whose distance to the global
-    # model exceeds this many times the round's median (0: no bound), and leave a site
-    # out of the run after this many rejected rounds (0: never).
+    # model exceeds this many times the round's median (0: no bound), or whose cosine
+    # with the round's coordinate-wise median update is below update_direction_ratio
+    # times the round's median cosine (0: no check), and leave a site out of the run
+    # after this many rejected rounds (0: never).
     max_update_norm_ratio: float = 5.0
+    update_direction_ratio: float = 0.0
     quarantine_after: int = 0
     fraction_train: float = 1.0
     min_sites: int = 2

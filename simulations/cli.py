@@ -102,6 +102,11 @@ def simulate(
         help="Reject an update that moves the model more than this many times the "
         "round's median (0: no bound)." + default_note(str(DEFAULT.max_update_norm_ratio)))
     ] = None,
+    update_direction_ratio: Annotated[float | None, typer.Option(
+        "--direction-ratio",
+        help="Reject an update whose cosine with the round's median update is below this "
+        "times the round's median cosine (0: no check)."
+        + default_note(str(DEFAULT.update_direction_ratio)))] = None,
     trim_fraction: Annotated[float | None, typer.Option(
         help="trimmedavg: fraction of site values cut from each tail, per weight."
         + default_note(str(DEFAULT.trim_fraction)))] = None,
@@ -145,7 +150,8 @@ def simulate(
             proximal_mu=proximal_mu, min_site_size=min_site_size, seed=seed, out=out,
             epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, state_dir=state_dir,
             secagg=secagg, secagg_threshold=secagg_threshold,
-            max_update_norm_ratio=max_update_norm_ratio, trim_fraction=trim_fraction,
+            max_update_norm_ratio=max_update_norm_ratio,
+            update_direction_ratio=update_direction_ratio, trim_fraction=trim_fraction,
             malicious_sites=malicious_sites, krum_select=krum_select, server_lr=server_lr))
         cfg = with_genome_tokens(cfg, genome_tokens)
         run_dir = run(cfg, compare=compare, verbose=verbose, attack=attack,

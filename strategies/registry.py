@@ -81,6 +81,7 @@ def strategy_for_run(cfg: RunConfig, **computed: Any) -> Any:
                if source is not None}
     strategy = build_strategy(spec.name, **options, **computed)
     strategy.vetting = VettingRules(max_norm_ratio=cfg.max_update_norm_ratio,
+                                    direction_ratio=cfg.update_direction_ratio,
                                     quarantine_after=cfg.quarantine_after)
     if cfg.quarantine_after > 0:
         from strategies.quarantine import Quarantine, quarantine_path
@@ -130,6 +131,9 @@ def _option_problems(cfg: RunConfig) -> list[str]:
                         f"{cfg.server_tau}")
     if cfg.max_update_norm_ratio < 0 or cfg.quarantine_after < 0:
         problems.append("max_update_norm_ratio and quarantine_after must be >= 0 (0: off)")
+    if not 0.0 <= cfg.update_direction_ratio <= 1.0:
+        problems.append(f"update_direction_ratio must be in [0, 1] (0: off), got "
+                        f"{cfg.update_direction_ratio}")
     return problems
 
 

@@ -877,7 +877,7 @@ def test_direction_check_rejects_a_sign_flipped_update_and_keeps_honest_ones():
     good = honest_updates(4, seed=3)
     flipped = {k: (2 * reference[k] - good[0][k]).astype(np.float32) for k in SHAPES}
     strategy = vetted(max_norm_ratio=0.0)
-    strategy.vetting = VettingRules(min_cosine=0.0)
+    strategy.vetting = VettingRules(direction_ratio=0.5)
     replies = [reply(i + 1, a, 10) for i, a in enumerate(good)]
     replies.append(reply(5, flipped, 10, "flipped"))
     arrays, _ = strategy.aggregate_train(1, replies)
