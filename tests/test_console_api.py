@@ -344,3 +344,18 @@ def test_runs_are_submitted_from_a_staged_copy_of_the_app(tmp_path):
     # the checkout itself: its Flower app's packages, none of .venv, docs or deploy
     assert set(app_packages(PROJECT_ROOT)) == {"client", "common", "server", "simulations",
                                               "strategies"}
+
+
+def test_the_built_console_holds_no_secret():
+    """The bundle served under /console is public: no key, token or secret name in it."""
+    import re
+
+    dist = Path(__file__).resolve().parents[1] / "server" / "console_web" / "dist"
+    if not (dist / "index.html").is_file():
+        pytest.skip("the console is not built (cd server/console_web && npm run build)")
+    files = [p for p in dist.rglob("*") if p.is_file()]
+    text = "\n".join(p.read_text(errors="replace") for p in files)
+    assert any(p.suffix == ".js" for p in files)
+    assert "PRIVATE KEY" not in text
+    assert re.search(r"eyJ[\w-]{8,}\.[\w-]{8,}\.", text) is None  # a signed JWT
+    assert "jwt.secret" not in text and "JWT_SECRET" not in text

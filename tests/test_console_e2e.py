@@ -77,6 +77,28 @@ def _log_in(page, base_url: str, token: str) -> None:
     page.get_by_role("heading", name="Overview").wait_for()
 
 
+def _log_in_by_keyboard(page, base_url: str, token: str) -> None:
+    """Log in and open the Sites page with the keyboard alone; the focused link is
+    outlined."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base_url}/console/")
+    expect(page.get_by_label("Access token")).to_be_focused()
+    page.keyboard.type(token)
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Overview").wait_for()
+    sites = _nav(page, "Sites")
+    for _ in range(30):
+        page.keyboard.press("Tab")
+        if sites.evaluate("el => el === document.activeElement"):
+            break
+    else:
+        pytest.fail("the Sites link cannot be reached with Tab")
+    assert sites.evaluate("el => getComputedStyle(el).outlineStyle") == "solid"
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Sites").wait_for()
+
+
 def _filter_and_compare(page, finished: str, stopped: str) -> None:
     """Filter the runs list by status, then compare the two runs' curves."""
     from playwright.sync_api import expect
@@ -182,7 +204,7 @@ def test_lead_runs_watches_promotes_and_audits(console_service, browser_page, tm
 
     # a site token: no action buttons, and the other site's page is refused
     page.get_by_role("button", name="Log out").click()
-    _log_in(page, base_url, site_token)
+    _log_in_by_keyboard(page, base_url, site_token)
     assert _nav(page, "Audit").count() == 0
     assert _nav(page, "Sites").count() == 1
     page.goto(f"{base_url}/console/sites/site-b")

@@ -1,5 +1,5 @@
 """The load scenario (locust: predict, batch, explain) for a few seconds against a really
-started ``serve`` process: every endpoint is exercised and nothing fails."""
+started ``serve`` process: it runs, and nothing fails."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ def test_load_scenario_runs_without_errors(tmp_path: Path, monkeypatch) -> None:
     finally:
         stop_server(server)
     by_name = {r.name: r for r in rows}
-    assert {"/v1/predict", "/v1/predict/batch", "/v1/explain"} <= set(by_name)
+    # Explanations are 1 in 10 tasks: a 5 s run may draw none (concurrent explanations
+    # are tested in test_report_explain.py), predictions and batches it always draws.
+    assert {"/v1/predict", "/v1/predict/batch"} <= set(by_name)
     total = by_name["Aggregated"]
     assert total.requests >= 6 and total.errors == 0
     assert all(r.p95_ms > 0 for r in rows if r.requests)
