@@ -101,15 +101,6 @@ def size_problem(msg: Message, registered: Mapping[str, int]) -> str | None:
     return None
 
 
-def update_distance(arrays: ArrayRecord, reference: ArrayRecord) -> float:
-    """L2 distance between a site's weights and the global weights it received."""
-    total = 0.0
-    for key, ref in reference.items():
-        diff = arrays[key].numpy().astype(np.float64) - ref.numpy().astype(np.float64)
-        total += float(np.dot(diff.ravel(), diff.ravel()))
-    return float(np.sqrt(total))
-
-
 def distance_problems(distances: Mapping[int, float], max_ratio: float) -> dict[int, str]:
     """Index -> reason, for unchanged models and those beyond ``max_ratio`` x median;
     none when ``max_ratio`` is 0 (the bound is off)."""
@@ -205,17 +196,16 @@ class UpdateGuard:
                 candidates.append(msg)
             else:
                 self._reject(server_round, msg, problem)
-        if reference is not None and candidates and self.vetting.max_norm_ratio > 0:
-            distances = {i: update_distance(m.content[ARRAYS], reference)
-                         for i, m in enumerate(candidates)}
-            problems = distance_problems(distances, self.vetting.max_norm_ratio)
-            for i, problem in problems.items():
-                self._reject(server_round, candidates[i], problem)
-            candidates = [m for i, m in enumerate(candidates) if i not in problems]
-        if reference is not None and candidates and self.vetting.direction_ratio > 0:
-            updates = {i: update_vector(m.content[ARRAYS], reference)
-                       for i, m in enumerate(candidates)}
-            problems = direction_problems(updates, self.vetting.direction_ratio)
+        rules = self.vetting
+        if reference is not None and candidates and (rules.max_norm_ratio > 0
+                                                     or rules.direction_ratio > 0):
+            # Each update once, for both the norm bound and the direction check.
+            updates = [update_vector(m.content[ARRAYS], reference) for m in candidates]
+            distances = {i: float(np.linalg.norm(u)) for i, u in enumerate(updates)}
+            problems = distance_problems(distances, rules.max_norm_ratio)
+            kept = [i for i in range(len(candidates)) if i not in problems]
+            problems.update(direction_problems({i: updates[i] for i in kept},
+                                               rules.direction_ratio))
             for i, problem in problems.items():
                 self._reject(server_round, candidates[i], problem)
             candidates = [m for i, m in enumerate(candidates) if i not in problems]
