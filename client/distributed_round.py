@@ -10,7 +10,9 @@ site's share of the run's Skellam noise (:func:`skellam_share_variance`):
   for the class-centroid model (:mod:`common.centroid`), the sum of the patients' feature
   vectors in the ``centre`` slot (round 1) or the per-class sums of their clipped
   deviations in the ``head.weight`` slot (round 2), zeros elsewhere;
-* ``validate`` (once, after the last round): ``[confusion counts]`` of the final model.
+* ``validate`` (once, after the last round): ``[confusion counts]`` of the final model;
+* ``feature-centre`` (local DP-SGD, once, at set-up): the sum of the patients' unit
+  vectors (:func:`common.patient_centre.unit_rows`).
 
 Before adding noise the site checks that the releases fit its own budget with its
 persistent ledger (:mod:`client.privacy`) and records them there; a release that does
@@ -40,7 +42,13 @@ from common.discrete_dp import (
     to_units,
 )
 from common.distributed_dp import NoisePlan
-from common.protocol import CLASS_COUNTS_TASK, TRAIN_TASK, VALIDATE_TASK, RoundConfig
+from common.protocol import (
+    CENTRE_TASK,
+    CLASS_COUNTS_TASK,
+    TRAIN_TASK,
+    VALIDATE_TASK,
+    RoundConfig,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +75,8 @@ def release(site: Site, rc: RoundConfig, cfg: RunConfig, privacy: SitePrivacy, *
         noises = [plan.count_noise]
     elif rc.task == VALIDATE_TASK:
         noises = [plan.validation_noise]
+    elif rc.task == CENTRE_TASK:
+        noises = [plan.centre_noise]
     elif rc.task == TRAIN_TASK:
         noises = [plan.round_noise(rc.server_round)]
     else:
@@ -78,6 +88,10 @@ def release(site: Site, rc: RoundConfig, cfg: RunConfig, privacy: SitePrivacy, *
         counts = np.bincount(labels, minlength=len(site.train.schema.label_names))
         vector = [_noised(counts * integer_scale(1.0), plan.count_noise, UNITS, plan,
                           privacy)]
+    elif rc.task == CENTRE_TASK:
+        if setup is None:
+            raise ValueError("the feature centre needs the consortium setup")
+        vector = [_centre_release(site, setup, plan, privacy)]
     else:
         if setup is None or state is None:
             raise ValueError(f"task {rc.task!r} needs the consortium setup and the weights")
@@ -87,6 +101,16 @@ def release(site: Site, rc: RoundConfig, cfg: RunConfig, privacy: SitePrivacy, *
     logger.info("round %d (%s): released a noised sum; epsilon %.3f of %.3f", rc.server_round,
                 rc.task, spent, privacy.budget.epsilon)
     return Release(vector, spent, privacy.budget.delta)
+
+
+def _centre_release(site: Site, setup: ConsortiumSetup, plan: NoisePlan,
+                    privacy: SitePrivacy) -> np.ndarray:
+    from client.site import prepared
+    from common.patient_centre import unit_rows
+
+    rows = unit_rows(prepared(site.train, setup))
+    return _noised(to_units(rows, 1.0).sum(axis=0), plan.centre_noise,
+                   rounded_sensitivity(rows.shape[1]), plan, privacy)
 
 
 def withheld(rc: RoundConfig, received: list[np.ndarray], n_classes: int) -> list[np.ndarray]:

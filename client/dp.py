@@ -13,6 +13,7 @@ took to its persistent ledger, the account across rounds, runs and restarts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,13 +65,13 @@ def site_privacy(
     from common.distributed_dp import DEFAULT_DELTA
 
     epsilon = float(node_config.get("epsilon", cfg.epsilon))
-    # 0 = the default: 1/(10 n) under local DP, the consortium's 1e-5 under distributed
-    delta = node_config.get("delta", cfg.delta) or (DEFAULT_DELTA if cfg.dp == "distributed"
-                                                   else None)
+    # 0 = the default, 1e-5: a default derived from the site's patient count (such as
+    # 1/(10 n)) would disclose the count in every epsilon the site reports.
+    delta = node_config.get("delta", cfg.delta) or DEFAULT_DELTA
     state_dir = node_config.get("state-dir")
     if state_dir is None:  # simulation: one state directory per virtual hospital
         state_dir = cfg.site_state_root() / site_name
-    budget = PrivacyBudget.for_site(epsilon, None if delta is None else float(delta), n_train)
+    budget = PrivacyBudget.for_site(epsilon, float(delta), n_train)
     ledger = PrivacyLedger.open(ledger_path(Path(state_dir)))
     max_noise = float(node_config.get("max-noise-multiplier", cfg.max_noise_multiplier))
     floor = float(node_config.get("noise-floor", 0.0))
@@ -93,24 +94,38 @@ def train_private(
     run_id: str,
     server_round: int,
     device: Any,
+    batches: int | None = None,
+    reserved: Sequence[tuple[float, float, int]] = (),
+    class_prior: Any = None,
 ) -> tuple[EpochStats, dict[str, float]]:
-    """One round of DP-SGD; raises :class:`RoundRefused` when the budget does not allow it."""
+    """One round of DP-SGD; raises :class:`RoundRefused` when the budget does not allow it.
+
+    ``batches``: Poisson batches per epoch (sampling rate ``1 / batches``); the default
+    is the loader's. Local DP derives it from the site's noised patient count, so that
+    neither the rate nor the steps disclose the true count. ``reserved``: releases after
+    training the budget must still hold (see :func:`client.privacy.calibrate_noise`).
+    ``class_prior``: train with the logit-adjusted loss instead of class weights.
+    """
+    import numpy as np
     import torch
     from opacus import PrivacyEngine
+    from opacus.data_loader import DPDataLoader
 
     from client.privacy import BudgetError, LedgerEntry, calibrate_noise, check_round
     from common.losses import WeightedCrossEntropy
     from common.training import train_epochs
 
-    # Exactly what Opacus' Poisson loader will do: rate 1/len(loader), len(loader) steps.
-    batches = max(1, len(loader))
+    # Exactly what the Poisson loader below does: rate 1/batches, batches steps an epoch.
+    batches = max(1, len(loader) if batches is None else int(batches))
     sample_rate = 1.0 / batches
     steps = epochs * batches
     try:
-        sigma = calibrate_noise(privacy.ledger, privacy.budget, sample_rate, steps, rounds_left)
+        sigma = calibrate_noise(privacy.ledger, privacy.budget, sample_rate, steps, rounds_left,
+                                reserved=reserved)
     except BudgetError as exc:
         raise RoundRefused(str(exc)) from exc
-    reason = check_round(privacy.ledger, privacy.budget, sigma, sample_rate, steps)
+    reason = check_round(privacy.ledger, privacy.budget, sigma, sample_rate, steps,
+                         reserved=reserved)
     if reason is None and sigma > privacy.max_noise_multiplier:
         spent = privacy.ledger.epsilon(privacy.budget.delta)
         reason = (f"the remaining budget (epsilon {spent:.3f} of {privacy.budget.epsilon:g} "
@@ -121,11 +136,16 @@ def train_private(
     # A fresh engine per round: its own accountant is not used, the ledger is the account.
     engine = PrivacyEngine()
     model.train()  # Opacus checks the mode; validation just left the model in eval mode
+    offset = None
+    if class_prior is not None:
+        class_weight = np.ones(len(class_prior), dtype=np.float32)
+        offset = torch.log(torch.as_tensor(class_prior, dtype=torch.float32, device=device))
     weights = torch.as_tensor(class_weight, dtype=torch.float32, device=device)
-    criterion = WeightedCrossEntropy(weights, cfg.train.label_smoothing)
+    criterion = WeightedCrossEntropy(weights, cfg.train.label_smoothing, logit_offset=offset)
+    poisson = DPDataLoader(loader.dataset, sample_rate=sample_rate, generator=loader.generator)
     made = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=sigma,
-        max_grad_norm=privacy.max_grad_norm, poisson_sampling=True, criterion=criterion,
+        module=model, optimizer=optimizer, data_loader=poisson, noise_multiplier=sigma,
+        max_grad_norm=privacy.max_grad_norm, poisson_sampling=False, criterion=criterion,
         grad_sample_mode=grad_sample_mode(model),
     )
     # Only ghost clipping wraps the criterion (its two backward passes) and returns it.

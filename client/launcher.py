@@ -172,8 +172,11 @@ def clientapp_mode() -> str:
 
 def supernode_command(cfg: SiteConfig, node_config: Path, mode: str = "worker") -> list[str]:
     isolation = "process" if mode == "worker" else "subprocess"
+    # Beside the worker, Flower's SuperNode with shorter waits (client.worker_supernode).
+    program = ([sys.executable, "-m", "client.worker_supernode"] if mode == "worker"
+               else [flower_executable("flower-supernode")])
     cmd = [
-        flower_executable("flower-supernode"),
+        *program,
         "--superlink", cfg.coordinator,
         "--root-certificates", str(cfg.root_certificates),
         "--auth-supernode-private-key", str(cfg.private_key),

@@ -168,7 +168,9 @@ def train_round(
 
     Returns the new weights and the metrics: training loss and ``num_examples`` (training
     patients) plus the validation of the weights as received (see
-    :func:`validation_metrics`) and, under local DP, the privacy spent. Raises
+    :func:`validation_metrics`). Under local DP (``privacy``), only values covered by the
+    site's guarantee: ``num_examples`` is the site's noised patient count from the setup,
+    with the privacy spent, and neither loss nor validation is sent. Raises
     ``client.dp.RoundRefused`` when the site's privacy budget does not allow the round.
     """
     from common.losses import ProximalTerm
@@ -177,7 +179,6 @@ def train_round(
 
     device = select_device(site.device or cfg.train.device)
     model = site_model(setup, cfg, state).to(device)
-    metrics = validation_metrics(model, site, setup)
     seed_everything(cfg.seed * 1000 + rc.server_round)
     train = prepared(site.train, setup)
     loader = make_loader(train, cfg.train.batch_size, shuffle=True,
@@ -186,8 +187,8 @@ def train_round(
     progress = (rc.progress_start, rc.progress_end)
     if privacy is not None:
         return _private_round(site, state, setup, model, loader, optimizer, cfg, rc, privacy,
-                              metrics, config, progress=progress, run_id=run_id,
-                              device=device)
+                              config, progress=progress, run_id=run_id, device=device)
+    metrics = validation_metrics(model, site, setup)
     proximal = ProximalTerm.snapshot(model, rc.proximal_mu) if rc.proximal_mu > 0 else None
     stats = train_epochs(
         model, loader, optimizer, cfg.train, epochs=rc.local_epochs,
@@ -200,23 +201,38 @@ def train_round(
 
 def _private_round(site: Site, state: dict[str, Any], setup: ConsortiumSetup, model: Any,
                    loader: Any, optimizer: Any, cfg: RunConfig, rc: RoundConfig,
-                   privacy: SitePrivacy, metrics: SiteMetrics, config: Mapping[str, Any] | None,
+                   privacy: SitePrivacy, config: Mapping[str, Any] | None,
                    *, progress: tuple[float, float], run_id: str, device: Any
                    ) -> tuple[dict[str, Any], SiteMetrics]:
     """A local-DP round, or the update already released for this very request (a
-    resumed coordinator asking again: see :mod:`client.privacy.replay`)."""
+    resumed coordinator asking again: see :mod:`client.privacy.replay`).
+
+    The sampling rate and steps follow the site's noised patient count, and the budget
+    keeps room for the noised validation counts of the final model (the round's noise
+    plan), so that everything the site reports is covered by its guarantee.
+    """
+    import math
+
     import torch
 
+    from client.distributed_round import FULL_BATCH
     from client.dp import train_private
     from client.privacy.replay import Released
     from client.privacy_guard import replayed
+    from common.consortium_setup import noised_patients
+
+    patients = noised_patients(setup, site.name)
+    batches = max(1, math.ceil(patients / cfg.train.batch_size)) if cfg.train.batch_size else 1
+    reserved = ([] if rc.noise_plan is None
+                else [(rc.noise_plan.validation_noise, FULL_BATCH, 1)])
 
     def fresh() -> Released:
         stats, spent = train_private(
             model, loader, optimizer, cfg, privacy, epochs=rc.local_epochs,
             class_weight=setup.class_weight, progress=progress,
             rounds_left=max(1, cfg.rounds - rc.server_round + 1), run_id=run_id,
-            server_round=rc.server_round, device=device,
+            server_round=rc.server_round, device=device, batches=batches, reserved=reserved,
+            class_prior=setup.class_prior,
         )
         # The original module: Opacus' wrapper trains it in place but prefixes its keys.
         trained = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -229,9 +245,8 @@ def _private_round(site: Site, state: dict[str, Any], setup: ConsortiumSetup, mo
     delta = float(kept.meta[DELTA])
     new_state = {k: torch.from_numpy(np.array(a)) for k, a in zip(kept.meta["names"],
                                                                    kept.arrays, strict=True)}
-    return new_state, replace(
-        metrics, num_examples=site.train.n, train_loss=float(kept.meta["train_loss"]),
-        epsilon=privacy.ledger.epsilon(delta),
+    return new_state, SiteMetrics(
+        num_examples=max(1, round(patients)), epsilon=privacy.ledger.epsilon(delta),
         noise_multiplier=float(kept.meta[NOISE_MULTIPLIER]), delta=delta)
 
 

@@ -23,17 +23,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from client.worker_profile import PhaseClock, TaskProfiler
 
 logger = logging.getLogger(__name__)
 
 # Between task polls when idle: one loopback HTTP call; Flower's own SuperExec waits 1 s.
 DEFAULT_POLL_INTERVAL = 0.1
+# Torch's intra-op threads per worker unless OMP_NUM_THREADS says otherwise.
+DEFAULT_TORCH_THREADS = 1
 # What the site log says when a task starts and ends (read by the deployment benchmark).
 TASK_STARTED = "ClientApp task started in the site worker"
 TASK_FINISHED = "ClientApp task finished in the site worker"
+TASK_PHASES = "task phases (s)"
 
 
 @dataclass(frozen=True)
@@ -44,15 +50,34 @@ class TaskOutcome:
     details: str = ""
 
 
-def warm_up() -> None:
-    """Import what every task needs, once: Flower's runtime, torch and the ClientApp."""
-    import torch  # noqa: F401 - Flower converts weights only once torch is imported
+def warm_up(torch_threads: int | None = None) -> None:
+    """Import what every task needs, once: Flower's runtime, torch and the ClientApp.
+
+    ``torch_threads``: torch's intra-op threads (``None``: torch's default).
+    """
+    import torch
 
     import client.app
     import client.site  # noqa: F401
     from client import site_cache
 
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    # The first optimizer imports torch._dynamo (seconds): pay it here, not in round 1.
+    torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
     site_cache.enable()
+
+
+def torch_threads_from_env() -> int | None:
+    """Torch threads for the worker: ``OMP_NUM_THREADS`` when set, else one.
+
+    A site's tasks are small tensors (one batch of one site's patients) for which extra
+    intra-op threads cost more in hand-offs than they save, and the SuperNode beside the
+    worker needs a core for the transfers; a host that runs several sites would
+    otherwise run sites x cores threads.
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_TORCH_THREADS
 
 
 def runtime_client(address: str, token: str | None = None):
@@ -88,8 +113,9 @@ def acquire_task(client) -> str | None:
 class TaskRunner:
     """Runs ClientApp tasks in this process; installs each app bundle (FAB) once."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, profiler: TaskProfiler | None = None) -> None:
         self.address = address
+        self.profiler = profiler or TaskProfiler(None)
         self._installed: set[str] = set()
 
     def run(self, token: str) -> TaskOutcome:
@@ -97,21 +123,24 @@ class TaskRunner:
         from flwr.app import Error, Message
         from flwr.common.constant import ErrorCode, SubStatus
         from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-        from flwr.supernode.runtime.run_clientapp import (
-            pull_task_input,
-            push_message,
-            push_task_output,
-        )
+        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+        from client.worker_transfer import pull_task_input
 
         client = runtime_client(self.address, token)
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
         heartbeat.start()
+        clock = PhaseClock()
         message = context = reply = None
         outcome = TaskOutcome(SubStatus.FAILED, "ClientApp task failed for an unknown reason")
         try:
             message, context, run, fab = pull_task_input(client)
+            clock.lap("pull")
             app = self._client_app(run, fab)
-            reply = app(message=message, context=context)
+            clock.lap("load app")
+            with self.profiler.task():
+                reply = app(message=message, context=context)
+            clock.lap("clientapp")
             outcome = TaskOutcome(SubStatus.COMPLETED)
         except Exception as exc:  # an error reply, never a dead worker
             logger.exception("the ClientApp raised an exception")
@@ -125,12 +154,15 @@ class TaskRunner:
             try:
                 if reply is not None and context is not None:
                     push_message(client, reply, context)
+                    clock.lap("push reply")
             except Exception:
                 logger.exception("could not push the reply to the SuperNode")
                 outcome = TaskOutcome(SubStatus.FAILED, "could not push the reply")
             push_task_output(client, context, outcome.status, outcome.details)
+            clock.lap("push output")
             heartbeat.stop()
             client.close()
+        logger.info("%s: %s", TASK_PHASES, clock)
         return outcome
 
     def _client_app(self, run, fab) -> Callable:
@@ -148,7 +180,7 @@ class TaskRunner:
 def serve(address: str, *, poll_interval: float = DEFAULT_POLL_INTERVAL,
           should_stop: Callable[[], bool] = lambda: False) -> None:
     """Acquire and run the SuperNode's ClientApp tasks, one at a time, until stopped."""
-    runner = TaskRunner(address)
+    runner = TaskRunner(address, TaskProfiler.from_env())
     client = runtime_client(address)
     try:
         while not should_stop():
@@ -178,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parent-pid", type=int, default=None,
                    help="Stop when this process (the site launcher) is gone.")
     p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL)
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="Torch's intra-op threads (default: OMP_NUM_THREADS, else "
+                        f"{DEFAULT_TORCH_THREADS}).")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     for noisy in ("flwr", "httpx"):  # a line per step and per poll of every task
@@ -187,9 +222,12 @@ def main(argv: list[str] | None = None) -> None:
 
         start_parent_process_monitor(args.parent_pid)  # SIGINT here once it is gone
     started = time.perf_counter()
-    warm_up()
-    logger.info("site worker ready in %.1f s (Flower, torch and the ClientApp imported)",
-                time.perf_counter() - started)
+    warm_up(args.torch_threads or torch_threads_from_env())
+    import torch
+
+    logger.info("site worker ready in %.1f s (Flower, torch and the ClientApp imported; "
+                "torch uses %d thread(s))", time.perf_counter() - started,
+                torch.get_num_threads())
     try:
         serve(args.runtime_api_address, poll_interval=args.poll_interval)
     except KeyboardInterrupt:

@@ -109,7 +109,7 @@ class CentroidClassifier(nn.Module):
 
     def modality_weights(self, present: torch.Tensor) -> torch.Tensor:
         """Fusion weights ``[B, M]``: the present modalities count alike."""
-        present = present.to(torch.float32)
+        present = present[:, :len(self.sizes)].to(torch.float32)  # a model mask starts with M
         return present / present.sum(dim=1, keepdim=True).clamp(min=1.0)
 
     def learned_modality_weights(self) -> dict[str, float]:

@@ -35,6 +35,12 @@ DISTRIBUTED_D_MODEL = 16
 DISTRIBUTED_LR = 2.0
 DISTRIBUTED_ROUNDS = 40
 GRADIENT_CLIP = 1.0  # clipping bound of gradients and updates (every other case)
+# Update vetting of runs without DP, where the coordinator reads every update: the
+# direction check and quarantine after one rejected round kept out sign-flip, noise and
+# (mostly) label-flip by up to 3 of 12 BRCA hospitals while rejecting no honest site
+# (docs/federation.md, "Robust default for runs without SecAgg+").
+NO_DP_DIRECTION_RATIO = 0.25
+NO_DP_QUARANTINE_AFTER = 1
 
 
 def offline_flower_env(flwr_home: Path | None = None) -> None:
@@ -197,7 +203,7 @@ class RunConfig:
     server_tau: float = 1e-3  # fedadam, fedyogi: adaptivity (larger: closer to SGD)
     # Update vetting (strategies.guard): reject an update whose distance to the global
     # model exceeds this many times the round's median (0: no bound), or whose cosine
-    # with the round's coordinate-wise median update is below update_direction_ratio
+    # with the other updates' coordinate-wise median is below update_direction_ratio
     # times the round's median cosine (0: no check), and leave a site out of the run
     # after this many rejected rounds (0: never).
     max_update_norm_ratio: float = 5.0
@@ -216,7 +222,8 @@ class RunConfig:
     # Distributed and local DP: each site's budget (its node config overrides); the
     # distributed noise is planned for this epsilon. Central DP: the run's.
     epsilon: float = 8.0
-    # 0: distributed, 1e-5; local, 1 / (10 * site's patients); central, 1 / (10 * sites)
+    # 0: distributed and local, 1e-5 (a default from a site's patient count would
+    # disclose the count); central, 1 / (10 * sites)
     delta: float = 0.0
     # Clipping: per-patient deviations from the centre (distributed DP, centroid model),
     # per-patient gradients (distributed DP, other models; local DP), site updates (central).
@@ -284,14 +291,14 @@ class RunConfig:
         """Why the model cannot be trained with this schedule (checked before a run, with
         the strategy: :func:`strategies.check_combination`)."""
         problems = []
-        if self.dp == "distributed" and self.model.kind == CENTROID_KIND:
+        if self.dp in ("distributed", "local") and self.model.kind == CENTROID_KIND:
             if self.rounds != CENTROID_ROUNDS:
-                problems.append(f"distributed DP fits the {CENTROID_KIND} model in "
+                problems.append(f"{self.dp} DP fits the {CENTROID_KIND} model in "
                                 f"{CENTROID_ROUNDS} rounds (the centre, then the class sums), "
                                 f"got rounds {self.rounds} (a gradient-trained model such "
                                 "as --model mmt takes more rounds)")
             if self.strategy != "fedavg":
-                problems.append(f"distributed DP fits the {CENTROID_KIND} model with "
+                problems.append(f"{self.dp} DP fits the {CENTROID_KIND} model with "
                                 f"strategy fedavg (it takes the fit as it is), got "
                                 f"{self.strategy!r}")
         return problems
@@ -309,9 +316,11 @@ class RunConfig:
 
         Distributed DP: the defaults (the class-centroid model), or with another
         ``model_kind`` its noised gradient steps (small model, FedAvgM, many rounds).
-        Local DP: many one-epoch rounds of a small model, the fewest noisy releases per
-        round. No DP and central DP (the server noises the mean of whole updates, so the
-        sites' model size does not scale the noise): the default architecture and
+        Local DP: the class-centroid model, fit from noised sums as under distributed DP
+        (each site's release carrying the whole noise), or with another ``model_kind``
+        many one-epoch DP-SGD rounds of a small model. No DP and central DP (the server
+        noises the mean of whole updates, so the sites' model size does not scale the
+        noise): the default architecture and
         optimiser, fewer rounds of more local epochs. ``model_kind`` sets the architecture
         kind of any preset.
         """
@@ -324,6 +333,8 @@ class RunConfig:
                 base = {"rounds": DISTRIBUTED_ROUNDS, "strategy": "fedavgm",
                         "max_grad_norm": GRADIENT_CLIP,
                         "model": replace(ModelConfig.for_distributed_dp(), kind=kind)}
+        elif dp == "local" and (model_kind or CENTROID_KIND) == CENTROID_KIND:
+            base = {"strategy": "fedavg", "model": ModelConfig(kind=CENTROID_KIND)}
         elif dp == "local":
             base = {"rounds": 20, "local_epochs": 1, "strategy": "fedavg",
                     "max_grad_norm": GRADIENT_CLIP,
@@ -332,6 +343,9 @@ class RunConfig:
             base = {"rounds": 10, "local_epochs": 4, "strategy": "fedavg",
                     "max_grad_norm": GRADIENT_CLIP, "model": ModelConfig(),
                     "train": TrainConfig()}
+            if dp == "none":
+                base.update(update_direction_ratio=NO_DP_DIRECTION_RATIO,
+                            quarantine_after=NO_DP_QUARANTINE_AFTER)
         if model_kind and dp != "distributed":
             base["model"] = replace(base["model"], kind=model_kind)
         return cls(**{"dp": dp, **base, **settings})

@@ -10,8 +10,10 @@ canonical feature is kept when a majority of the sites holding the modality decl
 Both ends translate with the same shipped table, so a site's reply carries only its
 feature names, as before. A consortium feature a site lacks is masked at that site:
 after standardization its value is exactly 0 (the consortium mean), the value a missing
-modality has; a site holding none of a modality's consortium features has that modality
-masked. Nothing is imputed from other sites.
+modality has, and the data's per-patient feature mask marks it absent, so the model
+adds its learned "absent" embedding rather than reading an average value
+(:func:`common.model.split_mask`); a site holding none of a modality's consortium
+features has that modality masked. Nothing is imputed from other sites.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.dataset.harmonization import canonical_names, consortium_features
+from common.dataset.harmonization import (
+    canonical_names,
+    consortium_features,
+    patient_feature_mask,
+)
 from common.dataset.multiomics import MultiOmicsData
 from common.preprocessing import FeatureStats, Standardizer
 from common.schema import FeatureSchema
@@ -157,5 +163,6 @@ def site_input(data: MultiOmicsData, schema: FeatureSchema,
         z[:, ~have] = 0.0
         z[~mask[:, j]] = 0.0
         features[m], masks[m] = z, have
-    out = MultiOmicsData(data.patient_ids, features, mask, data.labels, schema, data.origin)
+    out = MultiOmicsData(data.patient_ids, features, mask, data.labels, schema, data.origin,
+                         patient_feature_mask(n, masks))
     return SiteInput(out, masks)

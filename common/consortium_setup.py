@@ -30,6 +30,7 @@ _SETUP_ARRAYS = "consortium-arrays"
 _CLASS_WEIGHT = "class-weight"
 _CLASS_PRIOR = "class-prior"
 _SCHEMA = "schema"
+_SITE_PATIENTS = "site-patients"
 
 
 class SetupMissing(RuntimeError):
@@ -52,16 +53,21 @@ class ConsortiumSetup:
 
     ``class_prior`` (distributed DP): the class frequencies from the noised consortium
     counts, for the logit-adjusted loss (:mod:`client.distributed_dp`).
+    ``site_patients`` (local DP): each site's noised count of training patients, which
+    the site trains and reports by instead of its true count (:mod:`client.site`).
     """
 
     schema: FeatureSchema
     standardizer: Standardizer
     class_weight: np.ndarray
     class_prior: np.ndarray | None = None
+    site_patients: dict[str, float] | None = None
 
     def digest(self) -> str:
         """A short content hash: rounds name the setup they were planned with."""
         h = hashlib.sha256(self.schema.content_hash().encode())
+        if self.site_patients is not None:
+            h.update(json.dumps(self.site_patients, sort_keys=True).encode())
         for key, arr in sorted(self._arrays().items()):
             h.update(key.encode())
             h.update(np.ascontiguousarray(arr).tobytes())
@@ -77,9 +83,11 @@ class ConsortiumSetup:
 
     def records(self) -> RecordDict:
         """The setup's two records: the schema and digest, and the arrays."""
+        config = {_SCHEMA: json.dumps(self.schema.to_dict()), SETUP_DIGEST: self.digest()}
+        if self.site_patients is not None:
+            config[_SITE_PATIENTS] = json.dumps(self.site_patients, sort_keys=True)
         return RecordDict({
-            _SETUP_CONFIG: ConfigRecord({_SCHEMA: json.dumps(self.schema.to_dict()),
-                                         SETUP_DIGEST: self.digest()}),
+            _SETUP_CONFIG: ConfigRecord(config),
             _SETUP_ARRAYS: ArrayRecord({k: to_array(v) for k, v in self._arrays().items()}),
         })
 
@@ -95,8 +103,11 @@ class ConsortiumSetup:
         values = {k: v.numpy() for k, v in arrays.items()}
         weight = values.pop(_CLASS_WEIGHT)
         prior = values.pop(_CLASS_PRIOR, None)
+        patients = (None if _SITE_PATIENTS not in config
+                    else {str(k): float(v)
+                          for k, v in json.loads(str(config[_SITE_PATIENTS])).items()})
         return cls(FeatureSchema.from_dict(json.loads(str(config[_SCHEMA]))),
-                   Standardizer.from_arrays(values), weight, prior)
+                   Standardizer.from_arrays(values), weight, prior, patients)
 
     def store(self, state: RecordDict) -> None:
         """Keep the setup in a site's per-run ``Context.state``."""
@@ -111,6 +122,14 @@ class ConsortiumSetup:
         if held != digest or _SETUP_ARRAYS not in state:
             raise SetupMissing(digest, held)
         return cls.from_records(state)
+
+
+def noised_patients(setup: ConsortiumSetup, site: str) -> float:
+    """Local DP: ``site``'s noised count of training patients from the setup."""
+    if setup.site_patients is None or site not in setup.site_patients:
+        raise ValueError(f"local DP: the consortium setup holds no noised patient count for "
+                         f"site {site!r}")
+    return setup.site_patients[site]
 
 
 def setup_digest_of(content: RecordDict) -> str:

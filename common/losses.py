@@ -37,14 +37,21 @@ def weighted_loss(
 
 class WeightedCrossEntropy(nn.Module):
     """:func:`weighted_loss` as a criterion with a ``reduction`` attribute ("mean",
-    "sum" or "none"), the interface Opacus' ghost clipping drives."""
+    "sum" or "none"), the interface Opacus' ghost clipping drives.
+
+    ``logit_offset`` (the log class prior): the logit-adjusted loss (Menon et al., 2021),
+    which balances the classes without weights, which per-sample clipping would cancel.
+    """
 
     def __init__(self, weights: torch.Tensor, smoothing: float = 0.0,
-                 reduction: str = "mean") -> None:
+                 reduction: str = "mean", logit_offset: torch.Tensor | None = None) -> None:
         super().__init__()
         self.weights, self.smoothing, self.reduction = weights, smoothing, reduction
+        self.logit_offset = logit_offset
 
     def forward(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.logit_offset is not None:
+            logits = logits + self.logit_offset
         per_sample = self.weights[y] * nn.functional.cross_entropy(
             logits, y, reduction="none", label_smoothing=self.smoothing)
         if self.reduction == "none":

@@ -8,6 +8,11 @@ as keys and excluded from pooling. Each modality's tokens are mean-pooled, the p
 vectors are fused with learned modality weights (a softmax over the patient's present
 modalities), and a linear head gives class logits.
 
+Absent features: the mask may carry, after the modality mask, a per-feature presence mask
+(:func:`split_mask`). A feature a site does not measure is 0 in ``x``, like an average
+value; each modality adds to its tokens a learned "absent" embedding per feature the
+patient lacks (:class:`AbsentFeatures`), so the model can tell the two apart.
+
 Opacus compatibility: only ``nn.Linear``, ``nn.LayerNorm``, ``nn.Embedding`` and
 ``nn.Dropout`` hold parameters, attention is written from ``nn.Linear``, and no bare
 ``nn.Parameter`` sits on any module.
@@ -108,6 +113,84 @@ class ModalityTokenizer(nn.Module):
         return self.proj(self.drop(x)).view(x.shape[0], self.n_tokens, self.d_model)
 
 
+def split_mask(mask: torch.Tensor, n_modalities: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(present [B, M] bool, feature_present [B, sum F_m] bool or None)`` of a model mask.
+
+    A model mask is ``[B, M]`` (the modality mask: 1 = present) or ``[B, M + sum F_m]``:
+    the modality mask followed by a per-feature presence mask (1 = measured); without
+    the latter every feature counts as measured.
+    """
+    present = mask[:, :n_modalities] > 0.5
+    if mask.shape[1] == n_modalities:
+        return present, None
+    return present, mask[:, n_modalities:] > 0.5
+
+
+class AbsentFeatures(nn.Module):
+    """A learned ``d_model`` vector per feature, summed over the features a patient lacks.
+
+    Written as an ``nn.Linear`` without bias over the absence indicators (one weight
+    column per feature), so Opacus computes its per-sample gradients. Starts at zero:
+    a model only learns an absent feature's embedding from patients lacking it.
+    """
+
+    def __init__(self, n_features: int, d_model: int) -> None:
+        super().__init__()
+        # Leave the global random stream untouched, so every other weight is initialized
+        # as in a model without absence embeddings.
+        with torch.random.fork_rng(devices=[]):
+            self.embedding = nn.Linear(n_features, d_model, bias=False)
+        nn.init.zeros_(self.embedding.weight)
+
+    def forward(self, absent: torch.Tensor) -> torch.Tensor:
+        """``[B, d_model]`` from ``absent`` ``[B, F]`` (1 = the patient lacks the feature)."""
+        return self.embedding(absent)
+
+
+class FeatureMasking:
+    """Per-feature presence masks, shared by every model kind that reads them.
+
+    ``self.accepts_feature_mask`` is True once built; loading weights saved before the
+    model had :class:`AbsentFeatures` (an older bundle) fills those with zeros and sets
+    it False: such a model ignores feature masks (every feature counts as measured).
+    """
+
+    accepts_feature_mask: bool
+    modalities: list[str]
+    sizes: list[int]
+
+    def _init_feature_masking(self: nn.Module) -> None:  # type: ignore[misc]
+        self.accepts_feature_mask = True
+        self.register_buffer("feature_modality", torch.repeat_interleave(
+            torch.arange(len(self.sizes)), torch.tensor(self.sizes)), persistent=False)
+        self.register_load_state_dict_pre_hook(_fill_absent_embeddings)
+
+    def absence(self, mask: torch.Tensor, present: torch.Tensor, dtype: torch.dtype
+                ) -> torch.Tensor:
+        """``[B, sum F_m]``: 1 where a present modality lacks the feature, else 0."""
+        _, feature_present = split_mask(mask, len(self.modalities))
+        if feature_present is None or not self.accepts_feature_mask:
+            return torch.zeros((mask.shape[0], sum(self.sizes)), dtype=dtype,
+                               device=mask.device)
+        return (~feature_present & present[:, self.feature_modality]).to(dtype)
+
+
+def _fill_absent_embeddings(model: nn.Module, state_dict: dict, prefix: str, *_: object
+                            ) -> None:
+    """Load-state pre-hook: weights saved without absence embeddings get zero ones, and
+    the model then ignores feature masks."""
+    wanted = {f"{prefix}{name}.embedding.weight": module.embedding.weight
+              for name, module in model.named_modules() if isinstance(module, AbsentFeatures)}
+    missing = {key: weight for key, weight in wanted.items() if key not in state_dict}
+    state_dict.update({key: torch.zeros_like(weight) for key, weight in missing.items()})
+    model.accepts_feature_mask = not missing
+
+
+def accepts_feature_mask(model: nn.Module) -> bool:
+    """Whether ``model`` reads per-feature presence masks (see :class:`FeatureMasking`)."""
+    return bool(getattr(model, "accepts_feature_mask", False))
+
+
 class ModalityWeighting:
     """Learned modality weights shared by every model kind: one logit per modality
     (``self.modality_logit``, an ``nn.Embedding(M, 1)``; ``self.modality_ids``, a buffer
@@ -120,12 +203,15 @@ class ModalityWeighting:
     modality_ids: torch.Tensor
 
     def modality_logits(self, present: torch.Tensor) -> torch.Tensor:
-        """Learned logits ``[B, M]``, ``-1e4`` for the patient's missing modalities."""
+        """Learned logits ``[B, M]``, ``-1e4`` for the patient's missing modalities
+        (``present`` may be a whole model mask: its first ``M`` columns are read)."""
+        present = present[:, :len(self.modalities)]
         ids = self.modality_ids.repeat(present.shape[0], 1)  # batch-first, as for Opacus
         return self.modality_logit(ids).squeeze(-1).masked_fill(~present, -1e4)
 
     def modality_weights(self, present: torch.Tensor) -> torch.Tensor:
         """Fusion weights ``[B, M]``: softmax of learned logits over present modalities."""
+        present = present[:, :len(self.modalities)]
         return torch.softmax(self.modality_logits(present), dim=-1) * present
 
     def learned_modality_weights(self) -> dict[str, float]:
@@ -135,11 +221,12 @@ class ModalityWeighting:
         return {m: float(v) for m, v in zip(self.modalities, w[0], strict=True)}
 
 
-class MultiModalTransformer(ModalityWeighting, nn.Module):
+class MultiModalTransformer(ModalityWeighting, FeatureMasking, nn.Module):
     """Cross-modal attention classifier over any subset of known modalities.
 
     ``forward(x, mask)``: ``x`` is ``[B, sum F_m]`` (modalities concatenated in schema
-    order, standardized, zeros where missing), ``mask`` is ``[B, M]`` (1 = present).
+    order, standardized, zeros where missing), ``mask`` is ``[B, M]`` (1 = present),
+    optionally followed by a per-feature presence mask (:func:`split_mask`).
     Returns logits ``[B, n_classes]``.
     """
 
@@ -151,6 +238,8 @@ class MultiModalTransformer(ModalityWeighting, nn.Module):
         self.sizes = [spec.feature_counts[m] for m in self.modalities]
         self.tokenizers = nn.ModuleList(_tokenizer(spec, m) for m in self.modalities)
         self.tokens = [t.n_tokens for t in self.tokenizers]
+        self.absent = nn.ModuleList(AbsentFeatures(n, cfg.d_model) for n in self.sizes)
+        self._init_feature_masking()
         n_tok = sum(self.tokens)
         # Token identity (which modality, which soft group) as an embedding lookup.
         self.token_embedding = nn.Embedding(n_tok, cfg.d_model)
@@ -168,11 +257,14 @@ class MultiModalTransformer(ModalityWeighting, nn.Module):
         self.register_buffer("modality_ids", torch.arange(len(self.modalities)), persistent=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        present = mask > 0.5
+        present, _ = split_mask(mask, len(self.modalities))
+        absence = self.absence(mask, present, x.dtype)
+        x = x * (1.0 - absence)  # an absent feature's value is never read
+        absent = torch.split(absence, self.sizes, dim=1)
         if self.training and self.spec.config.modality_dropout > 0:
             present = drop_modalities(present, self.spec.config.modality_dropout)
         parts = torch.split(x, self.sizes, dim=1)
-        tok = torch.cat([enc(p) for enc, p in zip(self.tokenizers, parts, strict=True)], dim=1)
+        tok = torch.cat(modality_tokens(self.tokenizers, self.absent, parts, absent), dim=1)
         # Index with a batch dimension: Opacus reads dim 0 of every input as the sample.
         tok = tok + self.token_embedding(self.token_ids.repeat(x.shape[0], 1))
         token_present = present[:, self.token_modality]  # [B, T]
@@ -188,6 +280,14 @@ class MultiModalTransformer(ModalityWeighting, nn.Module):
         fused = (weights.unsqueeze(-1) * pooled).sum(dim=1)
         return self.head(fused)
 
+
+def modality_tokens(tokenizers: nn.ModuleList, absent_embeddings: nn.ModuleList,
+                    parts: tuple[torch.Tensor, ...], absent: tuple[torch.Tensor, ...]
+                    ) -> list[torch.Tensor]:
+    """Each modality's tokens ``[B, T_m, d]``, every token carrying the modality's
+    absent-feature embedding."""
+    return [enc(p) + emb(a).unsqueeze(1) for enc, emb, p, a
+            in zip(tokenizers, absent_embeddings, parts, absent, strict=True)]
 
 
 def _tokenizer(spec: ModelSpec, modality: str) -> nn.Module:

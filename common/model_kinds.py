@@ -3,6 +3,10 @@
 Every kind has the interface of :class:`common.model.MultiModalTransformer`:
 ``forward(x, mask)`` with ``x`` ``[B, sum F_m]`` (modalities in schema order,
 standardized, zeros where missing) and ``mask`` ``[B, M]`` (1 = present), logits out;
+the mask may go on with a per-feature presence mask ``[B, sum F_m]``
+(:func:`common.model.split_mask`), which a kind that reads it exposes as
+``accepts_feature_mask`` (:func:`common.model.accepts_feature_mask`) and any other kind
+ignores (every feature counts as measured);
 ``modality_weights(present)`` and ``learned_modality_weights()`` for explanations; only
 ``nn.Linear``, ``nn.LayerNorm``, ``nn.Embedding`` and ``nn.Dropout`` hold parameters, so
 Opacus and ``torch.func`` compute per-patient gradients. A bundle records the kind in its

@@ -11,6 +11,9 @@ linear head gives class logits.
 Missing modalities: their tokens are masked as keys of the input cross-attention. The
 learned modality weights enter that attention as a bias (each present token carries its
 modality's logit), so a modality's weight is its prior share of the latents' attention.
+Absent features (a per-feature presence mask after the modality mask): each modality's
+tokens carry a learned embedding per feature the patient lacks, as in
+:class:`common.model.MultiModalTransformer`.
 Opacus-trainable: only ``nn.Linear``, ``nn.LayerNorm``, ``nn.Embedding`` and
 ``nn.Dropout`` hold parameters.
 """
@@ -22,13 +25,17 @@ from torch import nn
 
 from common.config import ModelConfig
 from common.model import (
+    AbsentFeatures,
     Block,
+    FeatureMasking,
     ModalityTokenizer,
     ModalityWeighting,
     ModelSpec,
     attend,
     drop_modalities,
     feed_forward,
+    modality_tokens,
+    split_mask,
 )
 
 
@@ -74,7 +81,7 @@ class CrossBlock(nn.Module):
         return queries + self.drop(self.ffn(self.ffn_norm(queries)))
 
 
-class PerceiverIO(ModalityWeighting, nn.Module):
+class PerceiverIO(ModalityWeighting, FeatureMasking, nn.Module):
     """``forward(x, mask)`` as :class:`common.model.MultiModalTransformer`."""
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -88,6 +95,8 @@ class PerceiverIO(ModalityWeighting, nn.Module):
         self.tokenizers = nn.ModuleList(
             ModalityTokenizer(n, t, d, cfg.dropout)
             for n, t in zip(self.sizes, self.tokens, strict=True))
+        self.absent = nn.ModuleList(AbsentFeatures(n, d) for n in self.sizes)
+        self._init_feature_masking()
         n_tok = sum(self.tokens)
         self.token_embedding = nn.Embedding(n_tok, d)
         self.latent_embedding = nn.Embedding(cfg.perceiver_latents, d)
@@ -109,12 +118,15 @@ class PerceiverIO(ModalityWeighting, nn.Module):
         self.register_buffer("modality_ids", torch.arange(len(self.modalities)), persistent=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        present = mask > 0.5
+        present, _ = split_mask(mask, len(self.modalities))
+        absence = self.absence(mask, present, x.dtype)
+        x = x * (1.0 - absence)  # an absent feature's value is never read
+        absent = torch.split(absence, self.sizes, dim=1)
         if self.training and self.spec.config.modality_dropout > 0:
             present = drop_modalities(present, self.spec.config.modality_dropout)
         b = x.shape[0]
         parts = torch.split(x, self.sizes, dim=1)
-        tok = torch.cat([enc(p) for enc, p in zip(self.tokenizers, parts, strict=True)], dim=1)
+        tok = torch.cat(modality_tokens(self.tokenizers, self.absent, parts, absent), dim=1)
         # Index with a batch dimension: Opacus reads dim 0 of every input as the sample.
         tok = tok + self.token_embedding(self.token_ids.repeat(b, 1))
         key_bias = self.modality_logits(present)[:, self.token_modality].to(tok.dtype)

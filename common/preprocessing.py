@@ -118,12 +118,16 @@ class Standardizer:
         for j, m in enumerate(data.modality_names):
             x = data.features[m]
             if self.per_patient:
-                x = _per_patient(x)
+                x = _per_patient(x, None if data.feature_mask is None
+                                 else data.feature_mask[m])
             z = (x - self.mean[m]) / self.std[m]
             z[~data.mask[:, j]] = 0.0
+            if data.feature_mask is not None:
+                z[~data.feature_mask[m]] = 0.0  # a feature not measured stays masked, not imputed
             feats[m] = z.astype(np.float32)
         return MultiOmicsData(
-            data.patient_ids, feats, data.mask, data.labels, data.schema, data.origin
+            data.patient_ids, feats, data.mask, data.labels, data.schema, data.origin,
+            data.feature_mask,
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -142,9 +146,18 @@ class Standardizer:
         return cls(mean, std, per_patient=_PER_PATIENT in arrays)
 
 
-def _per_patient(x: np.ndarray) -> np.ndarray:
-    """Each row centred and scaled by its own mean and standard deviation."""
+def _per_patient(x: np.ndarray, present: np.ndarray | None = None) -> np.ndarray:
+    """Each row centred and scaled by its own mean and standard deviation, over the
+    features ``present`` in it (all when None; absent ones are left out, whatever their
+    value, and come out 0)."""
     x = np.asarray(x, dtype=np.float64)
-    mu = x.mean(axis=1, keepdims=True)
-    sd = x.std(axis=1, keepdims=True)
-    return (x - mu) / np.where(sd < _MIN_STD, 1.0, sd)
+    if present is None:
+        mu = x.mean(axis=1, keepdims=True)
+        sd = x.std(axis=1, keepdims=True)
+        return (x - mu) / np.where(sd < _MIN_STD, 1.0, sd)
+    w = np.asarray(present, dtype=bool)
+    x = np.where(w, x, 0.0)
+    count = np.maximum(w.sum(axis=1, keepdims=True), 1)
+    mu = x.sum(axis=1, keepdims=True) / count
+    sd = np.sqrt((np.where(w, x - mu, 0.0) ** 2).sum(axis=1, keepdims=True) / count)
+    return np.where(w, (x - mu) / np.where(sd < _MIN_STD, 1.0, sd), 0.0)

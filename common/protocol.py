@@ -60,10 +60,12 @@ SETUP_DIGEST = "setup-digest"  # the consortium setup a round was planned with
 TASK = "task"  # what a distributed-DP round asks a site to release (see RoundConfig)
 _NOISE_PLAN = "dp."  # prefix of the noise plan's keys in a round config
 
-# Tasks of a distributed-DP round: every one releases a noised sum through SecAgg+.
+# Tasks of a noised release (distributed DP through SecAgg+, local DP in clear).
 TRAIN_TASK = "train"  # the clipped gradient sum (and the validation of the weights sent)
 CLASS_COUNTS_TASK = "class-counts"  # the training class counts, once per run
 VALIDATE_TASK = "validate"  # the validation confusion counts of the weights sent
+# Local DP-SGD: the sum of the patients' unit vectors, once per run (the feature centre).
+CENTRE_TASK = "feature-centre"
 
 
 @dataclass

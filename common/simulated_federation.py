@@ -173,4 +173,7 @@ def concat_data(parts: list[MultiOmicsData]) -> MultiOmicsData:
         mask=np.concatenate([p.mask for p in parts]),
         labels=None if any(lab is None for lab in labels) else np.concatenate(labels),
         schema=first.schema,
+        feature_mask=None if all(p.feature_mask is None for p in parts) else {
+            m: np.concatenate([np.ones(p.features[m].shape, dtype=bool) if p.feature_mask is None
+                               else p.feature_mask[m] for p in parts]) for m in first.features},
     )

@@ -19,7 +19,7 @@
 
     [privacy]                               # local DP budget (used when the run has dp=local)
     epsilon = 8.0
-    delta = 0.0                             # 0: 1 / (10 * the site's training patients)
+    delta = 0.0                             # 0: 1e-5
     max-noise-multiplier = 10.0
 
     [supernode]                             # optional

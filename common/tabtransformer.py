@@ -21,7 +21,14 @@ is a token modality, the continuous path is empty.
 Missing modalities: each modality's contribution is scaled by its learned fusion weight
 (softmax over the patient's present modalities, times their number, so equal weights
 scale by 1); a missing modality's weight is 0, and its columns are masked as attention
-keys. Opacus-trainable: only ``nn.Linear``, ``nn.LayerNorm``, ``nn.Embedding`` and
+keys.
+
+Absent features (a per-feature presence mask after the modality mask): an absent column
+of a token modality is masked as an attention key and left out of its modality's mean;
+the continuous path adds a learned embedding per absent feature
+(:class:`common.model.AbsentFeatures`) to the MLP's output.
+
+Opacus-trainable: only ``nn.Linear``, ``nn.LayerNorm``, ``nn.Embedding`` and
 ``nn.Dropout`` hold parameters.
 """
 
@@ -30,10 +37,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.model import Block, ModalityWeighting, ModelSpec, drop_modalities
+from common.model import (
+    AbsentFeatures,
+    Block,
+    FeatureMasking,
+    ModalityWeighting,
+    ModelSpec,
+    drop_modalities,
+    split_mask,
+)
 
 
-class TabTransformer(ModalityWeighting, nn.Module):
+class TabTransformer(ModalityWeighting, FeatureMasking, nn.Module):
     """``forward(x, mask)`` as :class:`common.model.MultiModalTransformer`."""
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -63,6 +78,8 @@ class TabTransformer(ModalityWeighting, nn.Module):
                 nn.Dropout(cfg.dropout),
                 nn.Linear(cfg.ffn_mult * d, d),
             )
+            self.absent = AbsentFeatures(n_continuous, d)
+        self._init_feature_masking()
         self.modality_logit = nn.Embedding(len(self.modalities), 1)
         nn.init.zeros_(self.modality_logit.weight)
         paths = bool(n_columns) + bool(n_continuous)
@@ -70,15 +87,19 @@ class TabTransformer(ModalityWeighting, nn.Module):
         column_modality = torch.repeat_interleave(
             torch.tensor(self.token_index, dtype=torch.long),
             torch.tensor([self.sizes[j] for j in self.token_index], dtype=torch.long))
-        # Pooling weight of a column: 1 / (columns of its modality), for a per-modality mean.
-        column_share = 1.0 / torch.tensor([float(self.sizes[j]) for j in column_modality.tolist()])
+        # [C, C]: 1 where two columns belong to the same modality (a per-modality count of
+        # the patient's measured columns, for a per-modality mean).
+        same_modality = (column_modality[:, None] == column_modality[None, :]).float()
         self.register_buffer("column_modality", column_modality, persistent=False)
-        self.register_buffer("column_share", column_share, persistent=False)
+        self.register_buffer("same_modality", same_modality, persistent=False)
         self.register_buffer("column_ids", torch.arange(n_columns), persistent=False)
         self.register_buffer("modality_ids", torch.arange(len(self.modalities)), persistent=False)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        present = mask > 0.5
+        present, _ = split_mask(mask, len(self.modalities))
+        absence = self.absence(mask, present, x.dtype)
+        x = x * (1.0 - absence)  # an absent feature's value is never read
+        absent = torch.split(absence, self.sizes, dim=1)
         if self.training and self.spec.config.modality_dropout > 0:
             present = drop_modalities(present, self.spec.config.modality_dropout)
         # Each modality's scale: its fusion weight times the patient's present count
@@ -87,25 +108,29 @@ class TabTransformer(ModalityWeighting, nn.Module):
         parts = torch.split(x, self.sizes, dim=1)
         features = []
         if self.token_index:
-            features.append(self._token_path(parts, present, scale))
+            column_absent = torch.cat([absent[j] for j in self.token_index], dim=1)
+            features.append(self._token_path(parts, present, scale, column_absent))
         if self.continuous_index:
             normed = [norm(parts[j]) * scale[:, j:j + 1]
                       for norm, j in zip(self.continuous_norms, self.continuous_index,
                                          strict=True)]
-            features.append(self.mlp(torch.cat(normed, dim=1)))
+            lacking = torch.cat([absent[j] for j in self.continuous_index], dim=1)
+            features.append(self.mlp(torch.cat(normed, dim=1)) + self.absent(lacking))
         return self.head(torch.cat(features, dim=1))
 
     def _token_path(self, parts: tuple[torch.Tensor, ...], present: torch.Tensor,
-                    scale: torch.Tensor) -> torch.Tensor:
+                    scale: torch.Tensor, column_absent: torch.Tensor) -> torch.Tensor:
         values = torch.cat([parts[j] for j in self.token_index], dim=1)  # [B, C]
         # Index with a batch dimension: Opacus reads dim 0 of every input as the sample.
         ids = self.column_ids.repeat(values.shape[0], 1)
         tok = self.column_embedding(ids) + self.value_embedding(ids) * values.unsqueeze(-1)
-        column_present = present[:, self.column_modality]
+        column_present = present[:, self.column_modality] & (column_absent < 0.5)
         key_bias = torch.zeros(column_present.shape, dtype=tok.dtype, device=tok.device)
         key_bias = key_bias.masked_fill(~column_present, -1e4)
         for block in self.blocks:
             tok = block(tok, key_bias)
         tok = self.token_norm(tok)
-        pool = scale[:, self.column_modality] * self.column_share  # [B, C]
+        measured = column_present.to(tok.dtype)
+        share = measured / (measured @ self.same_modality).clamp(min=1.0)
+        pool = scale[:, self.column_modality] * share  # [B, C]
         return (tok * pool.unsqueeze(-1)).sum(dim=1)

@@ -47,9 +47,10 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def tensors(data: MultiOmicsData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(x [n, sum F], mask [n, M], y [n])`` tensors of standardized data."""
+    """``(x [n, sum F], mask [n, M], y [n])`` tensors of standardized data (``mask`` goes
+    on with the per-feature presence mask when some feature is not measured)."""
     x = torch.from_numpy(np.ascontiguousarray(data.concat(), dtype=np.float32))
-    mask = torch.from_numpy(data.mask.astype(np.float32))
+    mask = torch.from_numpy(data.model_mask())
     y = torch.from_numpy(
         data.labels if data.labels is not None else np.full(data.n, -1, dtype=np.int64)
     )

@@ -42,7 +42,7 @@ UPDATE_BUCKETS = (*(float(4**k * 1024) for k in range(1, 13)), float("inf"))
 # Why an update was not aggregated; see strategies.guard.update_problem.
 REJECTION_KINDS = ("declined", "site_error", "no_weights", "invalid_examples",
                    "shape_mismatch", "non_finite", "example_count", "norm_bound",
-                   "no_training", "quarantined", "other")
+                   "direction", "no_training", "quarantined", "other")
 # Kinds that are no fault of the site's update (it could not train, or never answered).
 BENIGN_KINDS = ("declined", "site_error", "other")
 
@@ -80,6 +80,8 @@ def rejection_kind(reason: str) -> str:
         return "example_count"
     if reason.startswith("update norm "):
         return "norm_bound"
+    if reason.startswith("update direction "):
+        return "direction"
     if "leaves the global model unchanged" in reason:
         return "no_training"
     if "no model weights" in reason:

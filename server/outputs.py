@@ -43,6 +43,7 @@ def write_federated_outputs(
         "per_site_epsilon": per_site_epsilon(outcome.rounds) or None,
         "central_dp": outcome.central_dp,
         "distributed_dp": outcome.distributed_dp,
+        "local_dp": outcome.local_dp,
         "data_fingerprints": (federation_record or {}).get("fingerprints", {}),
         "metrics": {"val": best.get("val", {}),
                     "test": {k: test_metrics[k] for k in METRIC_KEYS}
@@ -65,6 +66,7 @@ def write_federated_outputs(
         "per_site_epsilon": per_site_epsilon(outcome.rounds) or None,
         "central_dp": outcome.central_dp,
         "distributed_dp": outcome.distributed_dp,
+        "local_dp": outcome.local_dp,
         "federated_seconds": outcome.seconds,
         "setup_seconds": outcome.setup_seconds,
         "rounds_seconds": outcome.seconds - outcome.setup_seconds,

@@ -21,7 +21,7 @@ from rich.text import Text
 from common.config import DP_MODES, RunConfig
 from simulations.cli_options import (
     DEFAULT,
-    LOCAL,
+    LOCAL_DP_SGD,
     NO_DP,
     DataOpt,
     GenomeTokensOpt,
@@ -49,11 +49,12 @@ def simulate(
     sites: SitesOpt = None,
     rounds: Annotated[int | None, typer.Option(
         "--rounds", help="Federated rounds."
-        + default_note(f"{DEFAULT.rounds} with --dp distributed, {LOCAL.rounds} with --dp "
-                   f"local, else {NO_DP.rounds}"))] = None,
+        + default_note(f"{DEFAULT.rounds} with --dp distributed or local (class "
+                   f"centroids), {LOCAL_DP_SGD.rounds} with --dp local and another model, "
+                   f"else {NO_DP.rounds}"))] = None,
     local_epochs: Annotated[int | None, typer.Option(
         "--local-epochs", help="Local epochs per round."
-        + default_note(f"{LOCAL.local_epochs} with --dp distributed or local, else "
+        + default_note(f"{LOCAL_DP_SGD.local_epochs} with --dp distributed or local, else "
                    f"{NO_DP.local_epochs}"))
     ] = None,
     strategy: Annotated[str | None, typer.Option(
@@ -73,16 +74,18 @@ def simulate(
         help=f"Differential privacy: {', '.join(DP_MODES)}. distributed: every site adds "
         "its share of the noise to sums over its patients, sent only through secure "
         "aggregation (3 sites or more), which fit the class-centroid model in 2 rounds "
-        "(other models: clipped gradient sums); local: DP-SGD at every site, with a small model "
-        "and many one-epoch rounds chosen for it; central: the server clips site updates "
-        "and noises their mean." + default_note(DEFAULT.dp))] = None,
+        "(other models: clipped gradient sums); local: every site's release carries the "
+        "whole noise and travels without secure aggregation (the class-centroid model "
+        "from noised sums; other models: DP-SGD at every site, a small model and many "
+        "one-epoch rounds); central: the server clips site updates and noises their mean."
+        + default_note(DEFAULT.dp))] = None,
     epsilon: Annotated[float | None, typer.Option(
         help="Privacy budget epsilon: each site's (distributed and local DP) or the run's "
         "(central DP)."
         + default_note(str(DEFAULT.epsilon)))] = None,
     delta: Annotated[float | None, typer.Option(
-        help="Privacy delta; 0 = 1e-5 (distributed DP), 1/(10 n) for a site with n "
-        "patients (local DP) or 1/(10 sites) (central DP)."
+        help="Privacy delta; 0 = 1e-5 (distributed and local DP) or 1/(10 sites) "
+        "(central DP)."
         + default_note(str(DEFAULT.delta)))] = None,
     max_grad_norm: Annotated[float | None, typer.Option(
         help="Clipping bound: per-patient gradients (distributed and local DP) or site "
@@ -104,9 +107,10 @@ def simulate(
     ] = None,
     update_direction_ratio: Annotated[float | None, typer.Option(
         "--direction-ratio",
-        help="Reject an update whose cosine with the round's median update is below this "
+        help="Reject an update whose cosine with the other updates' median is below this "
         "times the round's median cosine (0: no check)."
-        + default_note(str(DEFAULT.update_direction_ratio)))] = None,
+        + default_note(f"{NO_DP.update_direction_ratio} with --dp none, else "
+                       f"{DEFAULT.update_direction_ratio}"))] = None,
     trim_fraction: Annotated[float | None, typer.Option(
         help="trimmedavg: fraction of site values cut from each tail, per weight."
         + default_note(str(DEFAULT.trim_fraction)))] = None,

@@ -22,7 +22,7 @@ from common.config import RunConfig
 console = Console(stderr=True)
 DEFAULT = RunConfig()
 NO_DP = RunConfig.preset("none")
-LOCAL = RunConfig.preset("local")
+LOCAL_DP_SGD = RunConfig.preset("local", model_kind="mmt")
 
 
 def default_note(value: Any) -> str:

@@ -120,12 +120,14 @@ def test_label_flip_reverses_the_training_labels_only_while_attacking():
 
 # --- a short poisoned federation on the real data ----------------------------------------
 
-# Macro-F1 points the robust default (bulyan, f = 2 of 12 hospitals) may lose to an
-# attack, against the same federation without one: the goal's 5 points. Measured on BRCA
-# (site partition, 12 hospitals, seed 0, no DP, d_model 64, 5 rounds x 2 epochs; the
-# robustness benchmark's configuration): clean .595, sign-flip by the 3 largest
-# hospitals .589, one hospital sending its update x 1e6 .574 (rejected every round).
-POISONED_MARGIN = 0.05
+# The robust default of a run without DP (FedAvg, the direction check, quarantine after
+# one rejected round) against the 3 largest of 12 BRCA hospitals (185 of 430 training
+# patients). Measured (site partition, seed 0, d_model 64, 4 rounds x 1 epoch): clean
+# .585; sign-flip, x 1e6 or NaN by the 3: .412 each. The attackers are rejected in
+# round 1 and quarantined; what the run still loses is their patients, 17 points here:
+# the defence cannot give that back, so the margin is that loss plus 3 points.
+POISONED_ROUNDS = 4
+POISONED_MARGIN = 0.21
 
 
 @pytest.mark.e2e
@@ -137,24 +139,31 @@ def test_a_short_poisoned_federation_with_the_robust_default_stays_near_clean(tm
     from common.config import ModelConfig, RunConfig
     from simulations.benchmarks.robustness import run_federation_in_process
 
-    cfg = RunConfig.preset("none", data="brca", rounds=5, local_epochs=2, strategy="bulyan",
-                           malicious_sites=2, model=ModelConfig(d_model=64, n_heads=4))
+    cfg = RunConfig.preset("none", data="brca", rounds=POISONED_ROUNDS, local_epochs=1,
+                           round_patience=POISONED_ROUNDS,
+                           model=ModelConfig(d_model=64, n_heads=4))
     try:
         clean = run_federation_in_process(cfg, tmp_path / "clean", None, 0)
     except FileNotFoundError:
         pytest.skip("bundled data not found")
     flipped = run_federation_in_process(cfg, tmp_path / "flipped", "sign-flip", 3)
-    scaled = run_federation_in_process(cfg, tmp_path / "scaled", "scale:1e6", 1)
-    assert len(flipped["malicious_sites"]) == 3
+    scaled = run_federation_in_process(cfg, tmp_path / "scaled", "scale:1e6", 3)
+    assert not clean["rejections"]  # no honest site rejected
     assert flipped["f1_macro"] >= clean["f1_macro"] - POISONED_MARGIN
-    assert scaled["f1_macro"] >= clean["f1_macro"] - POISONED_MARGIN
-    # The scaled update never reaches the global model: rejected in every round.
-    (attacker,) = scaled["malicious_sites"]
-    assert scaled["rejections"] == {attacker: {"norm_bound": cfg.rounds}}
+    # Rejected while the guard could judge them, then quarantined: never aggregated.
+    attackers = flipped["malicious_sites"]
+    assert len(attackers) == 3 and set(flipped["rejections"]) == set(attackers)
+    strikes = cfg.quarantine_after
+    late = {"quarantined": cfg.rounds - strikes}
+    assert flipped["rejections"] == {s: {"direction": strikes, **late} for s in attackers}
+    assert scaled["rejections"] == {s: {"norm_bound": strikes, **late} for s in attackers}
     metrics = json.loads((tmp_path / "scaled" / "metrics.json").read_text())
     assert metrics["rejections"] == scaled["rejections"]
-    state = torch.load(tmp_path / "scaled" / "checkpoint" / "global.pt", weights_only=True)
-    assert max(float(t.abs().max()) for t in state.values() if t.is_floating_point()) < 100
+    # Both hostile federations end with one model: that of the honest sites alone.
+    weights = [torch.load(tmp_path / run / "checkpoint" / "global.pt", weights_only=True)
+               for run in ("flipped", "scaled")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert max(float(t.abs().max()) for t in weights[1].values() if t.is_floating_point()) < 100
 
 
 def test_update_attacks_are_refused_under_secure_aggregation():
@@ -170,3 +179,15 @@ def test_update_attacks_are_refused_under_secure_aggregation():
     with pytest.raises(ValueError, match="without secure aggregation"):
         attack_plan(cfg, fed, "scale:10", 1)
     assert attack_plan(cfg, fed, "label-flip", 1).sites == ("other",)
+
+
+def test_the_benchmark_compares_the_shipped_default_with_bare_aggregators():
+    from simulations.benchmarks.robustness import ROBUST_DEFAULT, base_config, strategy_config
+
+    base = base_config("brca", rounds=5, local_epochs=2, d_model=64, seed=0)
+    default = strategy_config(base, ROBUST_DEFAULT, n_sites=12, tolerate=3)
+    assert default == base and default.update_direction_ratio > 0 and default.quarantine_after
+    for name in ("fedavg", "trimmedavg", "bulyan"):
+        bare = strategy_config(base, name, n_sites=12, tolerate=3)
+        assert (bare.strategy, bare.update_direction_ratio, bare.quarantine_after) == (name, 0, 0)
+        assert bare.max_update_norm_ratio == base.max_update_norm_ratio

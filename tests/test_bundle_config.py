@@ -362,12 +362,20 @@ def test_flower_app_config_is_the_private_federation_simulate_runs():
 def test_presets_change_only_the_privacy_mode_schedule_and_model():
     private, plain, central = RunConfig(), RunConfig.preset("none"), RunConfig.preset("central")
     changed = {k for k, v in plain.to_dict().items() if private.to_dict()[k] != v}
-    assert changed == {"dp", "rounds", "local_epochs", "max_grad_norm", "model", "train"}
+    # and the robust vetting of runs whose updates the coordinator reads (no DP)
+    assert changed == {"dp", "rounds", "local_epochs", "max_grad_norm", "model", "train",
+                       "update_direction_ratio", "quarantine_after"}
     assert (plain.model, plain.train) == (ModelConfig(), TrainConfig())
-    local = RunConfig.preset("local")
-    assert (local.model, local.train) == (ModelConfig.for_local_dp(), TrainConfig.for_local_dp())
-    assert local.strategy == "fedavg" and not local.secure_aggregation
-    assert central.to_dict() == {**plain.to_dict(), "dp": "central"}
+    local = RunConfig.preset("local")  # the class centroids, as under distributed DP
+    assert {k for k, v in local.to_dict().items() if private.to_dict()[k] != v} == {"dp"}
+    assert not local.secure_aggregation
+    dp_sgd = RunConfig.preset("local", model_kind="mmt")
+    assert (dp_sgd.model, dp_sgd.train) == (ModelConfig.for_local_dp(),
+                                            TrainConfig.for_local_dp())
+    assert dp_sgd.strategy == "fedavg" and not dp_sgd.secure_aggregation
+    assert central.to_dict() == {**plain.to_dict(), "dp": "central",
+                                 "update_direction_ratio": private.update_direction_ratio,
+                                 "quarantine_after": private.quarantine_after}
     assert RunConfig.preset("none", rounds=3).rounds == 3
 
 

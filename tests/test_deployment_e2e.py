@@ -206,7 +206,8 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen,
 
 @pytest.mark.e2e
 def test_site_killed_mid_round_run_completes_and_site_rejoins(consortium):
-    coordinator = consortium.coordinator("site-killed", "--rounds", "2", "--min-sites", "2",
+    # Three rounds: a round can now end before the restarted site is back (seconds).
+    coordinator = consortium.coordinator("site-killed", "--rounds", "3", "--min-sites", "2",
                                          *RUN_OPTIONS)
     registry = consortium.wait_registered(coordinator)
     sites = consortium.start_sites()
@@ -235,14 +236,14 @@ def test_site_killed_mid_round_run_completes_and_site_rejoins(consortium):
     assert consortium.wait(coordinator) == 0, consortium.log(coordinator)
 
     m = consortium.metrics("site-killed")
-    assert m["rounds_run"] == 2 and m["stopped_early"] is None
-    first, second = m["rounds"]
+    assert m["rounds_run"] == 3 and m["stopped_early"] is None
+    first, *later = m["rounds"]
     assert _train_sites(first) == {"site-a", "site-b"}
     # Flower's error reply for the offline node, or the round loop giving it up itself.
     assert len(first["rejected"]) == 1, first["rejected"]
     assert first["rejected"][0]["reason"].startswith(("site error", "no reply"))
-    # It is back: it validated (and possibly trained) the global model in round 2.
-    assert "site-c" in {s["site"] for s in second["sites"]}, second["sites"]
+    # It is back: it validated (and possibly trained) the global model in a later round.
+    assert "site-c" in {s["site"] for r in later for s in r["sites"]}, later
 
 
 @pytest.mark.e2e

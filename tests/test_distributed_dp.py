@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from message_audit import audited_simulation
 from scripted_grid import synthetic_data
 from torch import nn
 
@@ -217,41 +217,13 @@ ALLOWED_METRICS = {"num-examples", "epsilon", "delta", "refused",
                    "num_examples"}  # Flower's legacy fit result: the SecAgg+ weight
 
 
-class MessageAudit:
-    """A ClientApp mod writing a summary of every reply a site sends to ``directory``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def __call__(self, msg, context, call_next):
-        reply = call_next(msg, context)
-        if reply.has_error():
-            return reply
-        summary = {"type": msg.metadata.message_type, "records": {}}
-        for name, record in reply.content.items():
-            kind = type(record).__name__
-            values = ({k: (v if isinstance(v, int | float | str) else f"<{type(v).__name__}>")
-                       for k, v in record.items()} if kind != "ArrayRecord" else len(record))
-            summary["records"][name] = {"kind": kind, "values": values}
-        with open(self.directory / f"{os.getpid()}.jsonl", "a") as fh:
-            fh.write(json.dumps(summary, default=str) + "\n")
-        return reply
-
-
 @pytest.fixture(scope="module")
 def distributed_run(bundled_dir_module, tmp_path_factory):
-    from simulations.runner import simulate
-
     out = tmp_path_factory.mktemp("dist") / "run"
-    audit = tmp_path_factory.mktemp("audit")
     cfg = RunConfig.preset("distributed", data=str(bundled_dir_module("brca")),
                            partition="iid", sites=3, rounds=2, epsilon=8.0, seed=0,
                            out=str(out))
-    run_dir = simulate(cfg, compare=False, show_progress=False,
-                       client_mods=[MessageAudit(audit)])
-    messages = [json.loads(line) for f in sorted(audit.glob("*.jsonl"))
-                for line in f.read_text().splitlines()]
-    return run_dir, messages
+    return audited_simulation(cfg, tmp_path_factory.mktemp("audit"))
 
 
 @pytest.mark.e2e

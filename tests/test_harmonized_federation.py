@@ -191,3 +191,30 @@ def test_the_global_model_predicts_for_both_sites_with_the_lacking_genes_masked(
         correct += int((proba.argmax(axis=1) == site.data.labels).sum())
         total += data.n
     assert correct / total >= 0.8
+
+
+def test_the_lacking_genes_reach_the_model_as_masked_features(harmonized_run):
+    """Only the genes one site lacks were ever masked in training: their absent-feature
+    embeddings learned (they start at zero), every other gene's stayed exactly zero; and
+    the global model reads that site's mask when it predicts."""
+    from common.bundle import load_bundle
+    from common.consortium_features import site_input
+    from common.dataset import load_dataset
+    from common.model import accepts_feature_mask
+    from common.training import predict_proba, tensors
+
+    run_dir, dirs = harmonized_run
+    bundle = load_bundle(run_dir / "model")
+    model = bundle.build_model()
+    assert accepts_feature_mask(model)
+    learned = bundle.state_dict["absent.0.embedding.weight"].abs().sum(dim=0).numpy()
+    assert (learned[N_GENES - N_LACKING:] > 0).all()
+    assert not learned[:N_GENES - N_LACKING].any()
+    site = site_input(load_dataset(dirs[1]), bundle.schema, bundle.standardizer).data
+    assert site.feature_mask is not None
+    mask = tensors(site)[1].numpy()
+    assert mask.shape == (site.n, 1 + N_GENES)
+    assert not mask[:, 1 + N_GENES - N_LACKING:].any() and mask[:, 1:1 + N_GENES - N_LACKING].all()
+    unmasked = site.copy()
+    unmasked.feature_mask = None
+    assert not np.allclose(predict_proba(model, site), predict_proba(model, unmasked), atol=1e-6)

@@ -39,7 +39,8 @@ def hospital(name: str, seed: int) -> Site:
 
 def setup_of(site: Site) -> ConsortiumSetup:
     return ConsortiumSetup(SCHEMA, Standardizer.fit(site.train),
-                           np.array([1.0, 0.5, 2.0], dtype=np.float32))
+                           np.array([1.0, 0.5, 2.0], dtype=np.float32),
+                           site_patients={site.name: float(site.train.n)})
 
 
 def ledger_epsilon(state_dir: Path, delta: float) -> float:
@@ -206,8 +207,9 @@ def test_a_coordinator_crash_then_resume_charges_each_round_once(tmp_path, monke
     with pytest.raises(CoordinatorCrash):
         run_federation(ScriptedGrid(nodes), cfg, checkpoint=save_then_crash)
     for name in NAMES:
+        # Round 0: the noised class counts and feature centre at set-up.
         assert [e.round for e in PrivacyLedger.open(ledger_path(tmp_path / name)).entries] \
-            == [1, 2, 3]
+            == [0, 0, 1, 2, 3]
     ckpt = load_checkpoint(tmp_path / "checkpoint")
     assert ckpt is not None and ckpt.round == 2
 
@@ -217,7 +219,8 @@ def test_a_coordinator_crash_then_resume_charges_each_round_once(tmp_path, monke
     spent = per_site_epsilon(resumed.rounds)
     for name in NAMES:
         ledger = PrivacyLedger.open(ledger_path(tmp_path / name))
-        assert [e.round for e in ledger.entries] == [1, 2, 3, 4]  # round 3 charged once
+        # Round 3 charged once; after round 4, the final model's noised validation.
+        assert [e.round for e in ledger.entries] == [0, 0, 1, 2, 3, 4, 4]
         assert spent[name] == pytest.approx(ledger.epsilon(ledger.delta))
         assert spent[name] <= cfg.epsilon + 1e-6
     # Every round config told the sites the run's key and what they had reported so far.

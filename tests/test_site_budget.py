@@ -89,14 +89,15 @@ def test_a_dp_round_records_the_budgets_delta(tmp_path: Path, one_torch_thread):
             mp.setattr(TaskIdentity, name, value)
         train, val = synthetic_data(48, seed=1), synthetic_data(15, seed=2)
         setup = ConsortiumSetup(SCHEMA, Standardizer.fit(train),
-                                np.array([1.0, 0.5, 2.0], dtype=np.float32))
+                                np.array([1.0, 0.5, 2.0], dtype=np.float32),
+                                site_patients={"site-a": 48.0})
         site = Site("site-a", train, val)
         cfg = RunConfig(model=ModelConfig(d_model=8, n_heads=2, n_layers=1,
                                           tokens_per_modality=1),
                         seed=0, local_epochs=1, rounds=2, dp="local", epsilon=4.0)
         start = initial_state(setup, cfg)
         for state_dir, node_delta, expected in ((tmp_path / "set", 3e-4, 3e-4),
-                                                (tmp_path / "default", 0.0, 1 / (10 * 48))):
+                                                (tmp_path / "default", 0.0, 1e-5)):
             node = {"state-dir": str(state_dir), "delta": node_delta}
             privacy = site_privacy(site.name, site.train.n, node, cfg)
             train_round(site, start, setup, RoundConfig(setup.digest(), server_round=1), cfg,

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.usefixtures("task_identity", "one_torch_thread")
 def make_site() -> tuple[Site, ConsortiumSetup]:
     train, val = synthetic_data(48, seed=1), synthetic_data(15, seed=2)
     setup = ConsortiumSetup(SCHEMA, Standardizer.fit(train),
-                            np.array([1.0, 0.5, 2.0], dtype=np.float32))
+                            np.array([1.0, 0.5, 2.0], dtype=np.float32),
+                            site_patients={"site-a": 48.0})
     return Site("site-a", train, val), setup
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from client import launcher, site_cache, worker, worker_process
+from client import launcher, site_cache, worker, worker_process, worker_transfer
 
 
 class _FakeClient:
@@ -45,7 +45,7 @@ def runtime(monkeypatch, task_identity) -> dict[str, list]:
     run = SimpleNamespace(fab_id="org/app", fab_version="1.0")
     monkeypatch.setattr(worker, "runtime_client", lambda *a: _FakeClient())
     monkeypatch.setattr(heartbeat, "HeartbeatSender", _NoHeartbeat)
-    monkeypatch.setattr(flower_task, "pull_task_input",
+    monkeypatch.setattr(worker_transfer, "pull_task_input",
                         lambda client: (message, context, run, SimpleNamespace(hash_str="h")))
     monkeypatch.setattr(flower_task, "push_message",
                         lambda client, reply, ctx: calls["replies"].append(reply))

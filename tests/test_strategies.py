@@ -16,7 +16,7 @@ from flwr.app import (
 )
 from sklearn.metrics import confusion_matrix, f1_score
 
-from common.config import RunConfig
+from common.config import NO_DP_DIRECTION_RATIO, ModelConfig, RunConfig
 from common.metrics import macro_f1
 from common.protocol import (
     ARRAYS,
@@ -419,6 +419,8 @@ def test_unknown_strategy_in_run_config_is_refused_at_the_check():
         check_combination(cfg)
 
 
+# Local DP trains models other than the class centroids with DP-SGD, under a strategy.
+DP_SGD_MODEL = ModelConfig(kind="mmt")
 REFUSED = [
     ({"strategy": "fedprox", "dp": "local"}, "fedprox cannot be combined with local DP"),
     ({"strategy": "fedprox", "dp": "central"}, "central DP aggregates with FedAvg"),
@@ -432,7 +434,7 @@ REFUSED = [
 @pytest.mark.parametrize(("settings", "reason"), REFUSED)
 def test_refused_combination_says_why_and_what_is_allowed(settings, reason):
     with pytest.raises(ValueError, match=reason) as info:
-        check_combination(RunConfig(**settings))
+        check_combination(RunConfig(**settings, model=DP_SGD_MODEL))
     from strategies.registry import allowed_combinations
 
     message = str(info.value)
@@ -455,7 +457,7 @@ def test_combinations_are_refused_exactly_as_listed():
     # fedprox: 2 (no DP).
     assert len(allowed) == 9
     for settings in _every_combination():
-        cfg = RunConfig(**settings)
+        cfg = RunConfig(**settings, model=DP_SGD_MODEL)
         if settings in allowed:
             check_combination(cfg)
         else:
@@ -800,7 +802,11 @@ def test_robust_strategies_are_refused_under_secagg_with_the_reason(name):
         check_combination(RunConfig(strategy=name, dp="none", secagg=True))
     assert "site-side clipping" in str(info.value)
     check_combination(RunConfig(strategy=name, dp="none"))
-    check_combination(RunConfig(strategy=name, dp="local"))
+    check_combination(RunConfig(strategy=name, dp="local", model=DP_SGD_MODEL))
+    # Local DP's class centroids are one noised sum per round: nothing to be robust over.
+    with pytest.raises(ValueError, match="local DP fits the centroid model with strategy "
+                                         "fedavg"):
+        check_combination(RunConfig(strategy=name, dp="local"))
 
 
 @pytest.mark.parametrize("name", [n for n in strategy_names() if n not in ("fedavg", "fedavgm")])
@@ -888,3 +894,84 @@ def test_direction_check_rejects_a_sign_flipped_update_and_keeps_honest_ones():
     strategy = vetted(max_norm_ratio=0.0)
     strategy.aggregate_train(1, replies)
     assert strategy.rejected == []
+
+
+
+def heterogeneous_updates(count: int, seed: int, size: int = 4000) -> list[np.ndarray]:
+    """Honest sites' updates: a shared direction plus a larger site-specific part, so
+    that each has a cosine of about .4 with the others' median, as BRCA sites do."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=size)
+    return [shared + 1.6 * rng.normal(size=size) for _ in range(count)]
+
+
+def test_an_update_is_not_its_own_direction_reference():
+    from strategies.guard import others_median_cosines
+
+    honest = heterogeneous_updates(9, seed=1)
+    rng = np.random.default_rng(2)
+    noise = [rng.normal(size=honest[0].shape) * np.linalg.norm(honest[0]) / 63 for _ in range(3)]
+    cosines = others_median_cosines(honest + noise)
+    assert min(cosines[:9]) > 0.25
+    assert max(abs(c) for c in cosines[9:]) < 0.1
+    # With the update inside its own median, pure noise would look half-honest.
+    stack = np.stack(honest + noise)
+    median = np.median(stack, axis=0)
+    with_self = [float(u @ median) / (np.linalg.norm(u) * np.linalg.norm(median))
+                 for u in noise]
+    assert min(with_self) > 0.1
+
+
+@pytest.mark.parametrize("attack", ["sign-flip", "noise"])
+def test_direction_check_rejects_sign_flipped_and_noise_updates_of_three_sites(attack):
+    from server.monitoring import rejection_kind
+    from strategies.guard import direction_problems
+
+    for seed in range(5):
+        # The attackers' own training would have been honest like the others'.
+        *honest, own_a, own_b, own_c = heterogeneous_updates(12, seed)
+        own = [own_a, own_b, own_c]
+        rng = np.random.default_rng(100 + seed)
+        hostile = ([-u for u in own] if attack == "sign-flip" else
+                   [rng.normal(size=u.shape) * np.linalg.norm(u) / np.sqrt(u.size) for u in own])
+        problems = direction_problems(dict(enumerate(honest + hostile)),
+                                      NO_DP_DIRECTION_RATIO)
+        assert sorted(problems) == [9, 10, 11], (seed, problems)
+        # Counted under their own kind in metrics.json and the coordinator's endpoint.
+        assert {rejection_kind(reason) for reason in problems.values()} == {"direction"}
+
+
+def test_direction_check_keeps_every_honest_site_of_a_clean_round():
+    from strategies.guard import direction_problems
+
+    for seed in range(20):
+        updates = dict(enumerate(heterogeneous_updates(12, seed)))
+        assert direction_problems(updates, NO_DP_DIRECTION_RATIO) == {}
+
+
+def test_direction_check_stands_aside_when_honest_updates_barely_agree():
+    from strategies.guard import MIN_SHARED_DIRECTION, direction_problems, others_median_cosines
+
+    # Late in training: updates nearly orthogonal, the lowest far below half the median.
+    rng = np.random.default_rng(7)
+    shared = rng.normal(size=4000)
+    updates = [shared + scale * rng.normal(size=4000) for scale in [8.0] * 11 + [30.0]]
+    cosines = others_median_cosines(updates)
+    assert np.median(cosines) < MIN_SHARED_DIRECTION
+    assert min(cosines) < NO_DP_DIRECTION_RATIO * np.median(cosines)
+    assert direction_problems(dict(enumerate(updates)), NO_DP_DIRECTION_RATIO) == {}
+
+
+def test_runs_without_dp_vet_directions_and_quarantine_by_default_secagg_runs_do_not():
+    from common.config import NO_DP_QUARANTINE_AFTER
+
+    plain = RunConfig.preset("none")
+    assert (plain.update_direction_ratio, plain.quarantine_after) == (
+        NO_DP_DIRECTION_RATIO, NO_DP_QUARANTINE_AFTER)
+    assert NO_DP_DIRECTION_RATIO > 0 and NO_DP_QUARANTINE_AFTER > 0
+    for dp in ("distributed", "local", "central"):
+        cfg = RunConfig.preset(dp)
+        assert (cfg.update_direction_ratio, cfg.quarantine_after) == (0.0, 0), dp
+    strategy = strategy_for_run(plain)
+    assert strategy.vetting.direction_ratio == NO_DP_DIRECTION_RATIO
+    assert strategy.quarantine is not None

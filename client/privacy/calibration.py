@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from client.privacy.accounting import check_round_args, epsilon_of, is_int, is_real
+from client.privacy.accounting import (
+    check_round_args,
+    epsilon_of,
+    is_int,
+    is_real,
+    merge_history,
+)
 from client.privacy.ledger import PrivacyLedger
 
 logger = logging.getLogger(__name__)
@@ -69,8 +75,14 @@ def calibrate_noise(
     sample_rate: float,
     steps_per_round: int,
     rounds_left: int,
+    *,
+    reserved: Sequence[tuple[float, float, int]] = (),
 ) -> float:
     """Smallest noise multiplier that keeps the ledger plus ``rounds_left`` rounds in budget.
+
+    ``reserved``: later releases ``(noise, rate, steps)`` the budget must still hold, such
+    as local DP's noised validation counts after the last round (Skellam releases: the
+    epsilon is then taken at integer orders).
 
     The result lies on a grid of ``SIGMA_STEP`` in [``SIGMA_MIN``, ``SIGMA_MAX``]: it
     fits, and the grid point below it does not (unless it is ``SIGMA_MIN``). Raises
@@ -82,10 +94,10 @@ def calibrate_noise(
 
     def fits(accountant: str) -> Callable[[int], bool]:
         def fits_k(k: int) -> bool:
-            history = ledger.projected_history(_sigma(k), sample_rate, steps_per_round,
-                                              rounds_left)
+            history = merge_history([*ledger.projected_history(
+                _sigma(k), sample_rate, steps_per_round, rounds_left), *reserved])
             return epsilon_of(history, budget.delta, accountant,
-                              integer_orders=ledger.discrete) <= budget.epsilon
+                              integer_orders=ledger.discrete or bool(reserved)) <= budget.epsilon
 
         return fits_k
 
@@ -114,9 +126,13 @@ def check_round(
     noise_multiplier: float,
     sample_rate: float,
     steps: int,
+    *,
+    reserved: Sequence[tuple[float, float, int]] = (),
 ) -> str | None:
-    """None when the round fits the budget, else the reason to refuse it."""
-    after = ledger.epsilon_after(noise_multiplier, sample_rate, steps, budget.delta)
+    """None when the round (and the ``reserved`` releases after it) fits the budget, else
+    the reason to refuse it."""
+    after = ledger.epsilon_with([(noise_multiplier, sample_rate, steps), *reserved],
+                                budget.delta, discrete=bool(reserved))
     if after <= budget.epsilon:
         return None
     spent = ledger.epsilon(budget.delta)

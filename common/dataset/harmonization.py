@@ -12,8 +12,8 @@
 3. Each site gets a :class:`SiteFeatureMap` (:func:`site_feature_map`): for every
    consortium feature, the column of the site's own data or -1, and a mask. A feature a
    site lacks is never imputed from other sites: :func:`harmonize` fills it with 0 and
-   marks it absent in :class:`Harmonized.feature_mask`, exactly like a modality part the
-   site does not hold.
+   marks it absent in :class:`Harmonized.feature_mask` and in the data's per-patient
+   ``feature_mask``, which the models read as a mask (:func:`common.model.split_mask`).
 """
 
 from __future__ import annotations
@@ -252,6 +252,18 @@ def site_feature_map(
     return SiteFeatureMap(index)
 
 
+def patient_feature_mask(n: int, site_mask: Mapping[str, np.ndarray]
+                         ) -> dict[str, np.ndarray] | None:
+    """A site's feature mask (modality -> bool [F_m]) for each of its ``n`` patients, as
+    :attr:`MultiOmicsData.feature_mask` holds it; None when the site lacks no feature of
+    a modality it holds (a modality it does not hold at all is masked as a whole)."""
+    have = {m: np.asarray(v, dtype=bool) for m, v in site_mask.items()}
+    if all(v.all() or not v.any() for v in have.values()):
+        return None
+    return {m: np.repeat((v if v.any() else np.ones_like(v))[None, :], n, axis=0)
+            for m, v in have.items()}
+
+
 @dataclass
 class Harmonized:
     """A site's data in the consortium schema; ``feature_mask[m]`` bool [F_m] is False
@@ -286,7 +298,8 @@ def harmonize(
             mask[:, j] = data.mask[:, data.modality_names.index(m)] & have.any()
         features[m] = block
         masks[m] = idx >= 0
-    out = MultiOmicsData(data.patient_ids, features, mask, data.labels, schema, data.origin)
+    out = MultiOmicsData(data.patient_ids, features, mask, data.labels, schema, data.origin,
+                         patient_feature_mask(n, masks))
     return Harmonized(out, masks)
 
 
@@ -375,6 +388,7 @@ def standardize(h: Harmonized, moments: dict[str, tuple[np.ndarray, np.ndarray]]
         features[m] = x
     d = h.data
     return Harmonized(
-        MultiOmicsData(d.patient_ids, features, d.mask, d.labels, d.schema, d.origin),
+        MultiOmicsData(d.patient_ids, features, d.mask, d.labels, d.schema, d.origin,
+                       d.feature_mask),
         h.feature_mask,
     )

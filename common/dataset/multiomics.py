@@ -1,4 +1,5 @@
-"""In-memory multi-omics data: per-modality matrices, a modality mask, labels, origin."""
+"""In-memory multi-omics data: per-modality matrices, a modality mask, an optional
+per-feature presence mask, labels, origin."""
 
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ class MultiOmicsData:
     ``labels`` is ``int64 [n]`` (indices into ``schema.label_names``) or None for
     unlabelled data (prediction). ``origin`` is set by the dataset loader and kept by
     :meth:`subset` and :meth:`align_to`.
+
+    ``feature_mask`` (None = every feature measured) is, per modality, ``bool [n, F_m]``:
+    False where the patient's site does not measure the feature (its value is 0 after
+    standardization, never imputed); :meth:`model_mask` hands it to the model.
     """
 
     patient_ids: np.ndarray
@@ -56,6 +61,7 @@ class MultiOmicsData:
     labels: np.ndarray | None
     schema: FeatureSchema
     origin: DatasetOrigin | None = None
+    feature_mask: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.patient_ids)
@@ -69,6 +75,14 @@ class MultiOmicsData:
             raise ValueError(f"mask shape {self.mask.shape} != ({n}, {len(names)})")
         if self.labels is not None and self.labels.shape != (n,):
             raise ValueError(f"labels shape {self.labels.shape} != ({n},)")
+        if self.feature_mask is not None:
+            if list(self.feature_mask) != names:
+                raise ValueError(f"feature_mask keys {list(self.feature_mask)} != schema "
+                                 f"modalities {names}")
+            for m, have in self.feature_mask.items():
+                if have.shape != self.features[m].shape or have.dtype != bool:
+                    raise ValueError(f"modality {m!r}: feature mask {have.dtype} {have.shape} "
+                                     f"does not fit its features {self.features[m].shape}")
 
     @property
     def n(self) -> int:
@@ -81,6 +95,16 @@ class MultiOmicsData:
     def origin_record(self) -> dict[str, str | None] | None:
         """:meth:`DatasetOrigin.record` of this data's origin, or None when unknown."""
         return None if self.origin is None else self.origin.record()
+
+    def model_mask(self) -> np.ndarray:
+        """``float32 [n, M]``: the modality mask; when some feature is not measured,
+        followed by the per-feature presence mask ``[n, sum F_m]``
+        (:func:`common.model.split_mask`)."""
+        mask = self.mask.astype(np.float32)
+        if self.feature_mask is None or all(v.all() for v in self.feature_mask.values()):
+            return mask
+        have = np.concatenate([self.feature_mask[m] for m in self.modality_names], axis=1)
+        return np.concatenate([mask, have.astype(np.float32)], axis=1)
 
     def present_modalities(self) -> list[str]:
         """Modalities that at least one patient has."""
@@ -95,6 +119,8 @@ class MultiOmicsData:
             labels=None if self.labels is None else self.labels[idx],
             schema=self.schema,
             origin=self.origin,
+            feature_mask=None if self.feature_mask is None
+            else {m: v[idx] for m, v in self.feature_mask.items()},
         )
 
     def copy(self) -> MultiOmicsData:
@@ -106,6 +132,8 @@ class MultiOmicsData:
             labels=None if self.labels is None else self.labels.copy(),
             schema=self.schema,
             origin=self.origin,
+            feature_mask=None if self.feature_mask is None
+            else {m: v.copy() for m, v in self.feature_mask.items()},
         )
 
     def concat(self) -> np.ndarray:
@@ -128,6 +156,7 @@ class MultiOmicsData:
             return self
         n = self.n
         features: dict[str, np.ndarray] = {}
+        have: dict[str, np.ndarray] = {}
         mask = np.zeros((n, len(schema.modality_names)), dtype=bool)
         for j, m in enumerate(schema.modality_names):
             if m not in self.modality_names:
@@ -137,12 +166,16 @@ class MultiOmicsData:
                     m,
                 )
                 features[m] = np.zeros((n, len(schema.features(m))), dtype=np.float32)
+                if self.feature_mask is not None:
+                    have[m] = np.ones(features[m].shape, dtype=bool)
                 continue
             mine = list(self.schema.features(m))
             schema.check_features(m, mine, source)
             pos = {f: i for i, f in enumerate(mine)}
             order = [pos[f] for f in schema.features(m)]
             features[m] = self.features[m][:, order]
+            if self.feature_mask is not None:
+                have[m] = self.feature_mask[m][:, order]
             mask[:, j] = self.mask[:, self.modality_names.index(m)]
         extra = [m for m in self.modality_names if m not in schema.modality_names]
         if extra:
@@ -154,7 +187,8 @@ class MultiOmicsData:
         labels = None
         if self.labels is not None:
             labels = _relabel(self.labels, self.schema.label_names, schema.label_names, source)
-        return MultiOmicsData(self.patient_ids, features, mask, labels, schema, self.origin)
+        return MultiOmicsData(self.patient_ids, features, mask, labels, schema, self.origin,
+                              None if self.feature_mask is None else have)
 
 
 def _relabel(

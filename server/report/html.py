@@ -174,9 +174,10 @@ def _privacy(c: ReportContent) -> str:
     if p.mode == "none":
         out = _note("No differential privacy: the model carries no formal privacy guarantee.")
     elif p.mode == "local":
-        out = _note(f"Local DP (DP-SGD, Opacus) at every site: budget epsilon "
-                    f"{p.budget_epsilon:g} per site, delta {p.delta:g} (0 = 1/(10 n) per "
-                    f"site), per-sample clipping {p.max_grad_norm:g}.")
+        out = _note(f"Local DP at every site (each release carries the site's whole noise; "
+                    f"Opacus DP-SGD for models other than the class centroids): budget epsilon "
+                    f"{p.budget_epsilon:g} per site, delta {p.delta:g} (0 = 1e-5), per-sample "
+                    f"clipping {p.max_grad_norm:g}.")
     else:
         out = _note(f"Central DP at the coordinator: run budget epsilon {p.budget_epsilon:g}, "
                     f"site updates clipped to {p.max_grad_norm:g}.")

@@ -66,6 +66,9 @@ class Membership:
         if self.outcome.distributed_dp is not None:
             return ("it joined after the run started; distributed DP's noise is planned for "
                     f"the {len(self.outcome.sites)} sites that formed the run")
+        if self.outcome.local_dp is not None:
+            return ("it joined after the run started; under local DP the class counts were "
+                    f"released by the {len(self.outcome.sites)} sites that formed the run")
         if description.private:
             return "it withholds its counts (distributed DP) but this run does not use it"
         labels = list(self.outcome.schema.label_names)

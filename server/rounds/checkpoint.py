@@ -53,6 +53,8 @@ class Checkpoint:
     setup_seconds: float = 0.0
     class_prior: list[float] | None = None  # distributed DP: from the noised class counts
     distributed_dp: dict | None = None
+    local_dp: dict | None = None
+    site_patients: dict[str, float] | None = None  # local DP: the setup's noised counts
     run_key: str = ""  # "" in checkpoints written before runs had a key: a new one is drawn
     members: dict[int, str] = field(default_factory=dict)  # node id -> site taking part
     format: int = CHECKPOINT_FORMAT
@@ -72,7 +74,8 @@ class Checkpoint:
         prior = (None if self.class_prior is None
                  else np.asarray(self.class_prior, dtype=np.float32))
         return ConsortiumSetup(FeatureSchema.from_dict(self.schema), standardizer,
-                               np.asarray(self.class_weight, dtype=np.float32), prior)
+                               np.asarray(self.class_weight, dtype=np.float32), prior,
+                               None if self.site_patients is None else dict(self.site_patients))
 
     def restored_outcome(self) -> FederationOutcome:
         """The outcome so far, as the run that wrote this checkpoint left it."""
@@ -83,6 +86,7 @@ class Checkpoint:
             central_dp=dict(self.central_dp) if self.central_dp is not None else None,
             distributed_dp=(dict(self.distributed_dp) if self.distributed_dp is not None
                             else None),
+            local_dp=dict(self.local_dp) if self.local_dp is not None else None,
             resumed_from=[*self.resumed_from, self.round], members=dict(self.members),
             **({"run_key": self.run_key} if self.run_key else {}),
         )
@@ -103,7 +107,8 @@ class Checkpoint:
             central_dp=outcome.central_dp, config=cfg.to_dict(),
             resumed_from=outcome.resumed_from, seconds=seconds,
             setup_seconds=outcome.setup_seconds,
-            distributed_dp=outcome.distributed_dp, run_key=outcome.run_key,
+            distributed_dp=outcome.distributed_dp, local_dp=outcome.local_dp,
+            site_patients=outcome.setup.site_patients, run_key=outcome.run_key,
             members=dict(outcome.members),
             class_prior=(None if outcome.setup.class_prior is None
                          else [float(p) for p in outcome.setup.class_prior]),

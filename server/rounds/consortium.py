@@ -13,6 +13,7 @@ from flwr.serverapp import Grid
 
 from common.config import RunConfig
 from common.consortium_setup import ConsortiumSetup, setup_digest_of
+from common.distributed_dp import NoisePlan
 from common.preprocessing import FeatureStats, Standardizer
 from common.protocol import CONFIG, DESCRIBE, QUERY_KIND, SiteDescription
 from common.schema import FeatureSchema, SchemaMismatchError
@@ -120,11 +121,89 @@ def form_consortium(grid: Grid, cfg: RunConfig, timeout: float) -> FederationOut
     descriptions = list(described.values())
     if cfg.dp == "distributed":
         outcome = _private_consortium(grid, cfg, sorted(described), descriptions, timeout)
+    elif cfg.dp == "local":
+        outcome, described = _locally_private_consortium(grid, cfg, described, timeout)
     else:
         outcome = FederationOutcome(*merge_descriptions(descriptions,
                                                         cfg.train.class_weighting))
     outcome.members = {node: d.site for node, d in described.items()}
     return outcome
+
+
+def _locally_private_consortium(grid: Grid, cfg: RunConfig,
+                                described: dict[int, SiteDescription], timeout: float
+                                ) -> tuple[FederationOutcome, dict[int, SiteDescription]]:
+    """Local DP: names only from the descriptions; every site's class counts noised by
+    the site alone (:mod:`server.rounds.local_dp`); every patient standardized by its own
+    values. The members are the sites that released their counts."""
+    from common.centroid import CENTROID_KIND
+    from common.losses import class_weights
+    from server.rounds.distributed import class_prior
+    from server.rounds.local_dp import counts_of, local_noise_plan, noised_class_counts
+
+    _check_private(list(described.values()), "local")
+    schema = consortium_schema(list(described.values()))
+    plan = local_noise_plan(cfg)
+    released = noised_class_counts(grid, sorted(described), plan, schema.n_classes, timeout)
+    members = {node: d for node, d in described.items() if node in released.vectors}
+    total = released.total()
+    if len(members) < cfg.min_sites or total is None:
+        reasons = "; ".join(f"{r['site']}: {r['reason']}" for r in released.failed)
+        raise FederationError(f"class counts: {len(members)} sites released them, "
+                              f"{cfg.min_sites} required" + (f" ({reasons})" if reasons else ""))
+    counts = counts_of(total[0])
+    prior, patients = class_prior(counts)
+    site_patients = {members[node].site: max(1.0, float(np.sum(counts_of(vector[0]))))
+                     for node, vector in released.vectors.items()}
+    setup = ConsortiumSetup(schema, Standardizer.for_each_patient(schema),
+                            class_weights(np.maximum(counts, 1.0), cfg.train.class_weighting),
+                            prior, site_patients)
+    if cfg.model.kind != CENTROID_KIND:  # DP-SGD: inputs centred by a noised mean
+        setup = _centred(grid, setup, plan, sorted(members), patients, timeout)
+    logger.info("%d sites; noised class counts %s", len(members),
+                dict(zip(schema.label_names, np.round(counts, 1).tolist(), strict=True)))
+    record = {"noise_plan": plan.to_dict(), "class_counts": [float(c) for c in counts],
+              "patients": patients, "site_patients": site_patients}
+    # The class-centroid model is fit from noised sums, as under distributed DP, which
+    # the coordinator adds up itself (server.rounds.local_dp).
+    released_sums = dict(record) if cfg.model.kind == CENTROID_KIND else None
+    return FederationOutcome(setup, [site_summary(schema, d) for d in members.values()],
+                             local_dp=record, distributed_dp=released_sums), members
+
+
+def _centred(grid: Grid, setup: ConsortiumSetup, plan: NoisePlan, nodes: list[int],
+             patients: float, timeout: float) -> ConsortiumSetup:
+    """``setup`` with the consortium's feature centre from the sites' noised sums of
+    their patients' unit vectors (:mod:`common.patient_centre`); the sites hold ``setup``
+    for that release."""
+    from dataclasses import replace
+
+    from flwr.app import ArrayRecord
+
+    from common.discrete_dp import integer_scale
+    from common.patient_centre import centred_standardizer
+    from common.protocol import CENTRE_TASK, RoundConfig, to_array
+    from server.rounds.local_dp import request_releases
+
+    stored = send_setup(grid, nodes, setup, timeout)
+    features = sum(setup.schema.feature_counts().values())
+    config = RoundConfig(setup.digest(), task=CENTRE_TASK, noise_plan=plan).to_record()
+    released = request_releases(grid, sorted(stored), ArrayRecord(
+        {CENTRE_TASK: to_array(np.zeros(features))}), config, timeout)
+    total = released.total()
+    if total is None:
+        raise FederationError("feature centre: no site released its sum")
+    standardizer = centred_standardizer(setup.schema, total[0] / integer_scale(1.0),
+                                        patients)
+    logger.info("feature centre from %d sites' noised sums", len(released.vectors))
+    return replace(setup, standardizer=standardizer)
+
+
+def _check_private(descriptions: list[SiteDescription], mode: str) -> None:
+    disclosed = [d.site for d in descriptions if not d.private]
+    if disclosed:
+        raise FederationError(f"{mode} DP: site(s) {disclosed} sent their counts and "
+                              "statistics in clear; they must run the same DP mode")
 
 
 def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
@@ -144,10 +223,7 @@ def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
     )
     from server.secagg import secure_train_round
 
-    disclosed = [d.site for d in descriptions if not d.private]
-    if disclosed:
-        raise FederationError(f"distributed DP: site(s) {disclosed} sent their counts and "
-                              "statistics in clear; they must run the same DP mode")
+    _check_private(descriptions, "distributed")
     if len(descriptions) < 3:
         raise FederationError(f"distributed DP sums through secure aggregation, which needs "
                               f"at least 3 sites; {len(descriptions)} joined (use --dp local)")

@@ -69,11 +69,15 @@ class RoundExecutor:
     def __init__(self, grid: Grid, strategy: Any, setup: ConsortiumSetup, *, timeout: float,
                  secagg: SecAggSettings | None = None, max_weight: int = 1,
                  distributed: DistributedRun | None = None,
-                 membership: Membership | None = None) -> None:
+                 membership: Membership | None = None, local_validation: bool = False) -> None:
         self.grid, self.strategy, self.setup = grid, strategy, setup
         self.membership = membership  # None: every connected node takes part
         self.timeout, self.secagg, self.max_weight = timeout, secagg, max_weight
         self.distributed = distributed  # distributed DP: the sites send noised sums
+        # Local DP with DP-SGD: validation only as every site's noised counts
+        # (server.rounds.local_dp); local DP's noised sums (``distributed`` without SecAgg+)
+        # validate the same way.
+        self.local_validation = local_validation
         self.with_setup: set[int] = set()  # nodes that acknowledged the setup
         self.names: dict[int, str] = {}  # node id -> site name, from the replies seen
 
@@ -91,6 +95,13 @@ class RoundExecutor:
         self.ensure_setup([m.metadata.dst_node_id for m in messages])
         if self.secagg is None:
             replies, lost = self._exchange(messages)
+            if self.distributed is not None and messages:  # local DP's noised sums
+                from server.rounds.local_dp import collect_releases
+
+                secure = collect_releases(replies, lost, "train").as_secure_round()
+                self.distributed.open_training(secure, arrays, server_round)
+                return TrainingReplies(server_round, secure.replies, secure=secure,
+                                       request=messages[0])
             return TrainingReplies(server_round, replies, lost)
         if not messages:
             return TrainingReplies(server_round, [])
@@ -134,8 +145,16 @@ class RoundExecutor:
         messages = self._to_members(self.strategy.configure_evaluate(server_round, arrays,
                                                                      config, self.grid))
         self.ensure_setup([m.metadata.dst_node_id for m in messages])
-        if self.distributed is not None:
+        if self.distributed is not None and self.secagg is not None:
             return self._secure_validation(server_round, arrays, config, messages)
+        if self.local_validation or self.distributed is not None:
+            from server.rounds.local_dp import noised_validation
+
+            if not messages:
+                return []
+            return noised_validation(self.grid, [m.metadata.dst_node_id for m in messages],
+                                     arrays, config, server_round,
+                                     self.setup.schema.n_classes, messages[0], self.timeout)
         return self._exchange(messages)[0]
 
     def _secure_validation(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

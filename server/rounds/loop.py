@@ -92,7 +92,7 @@ def run_federation(
     if pending is not None:  # validate the last aggregate
         replies = run.executor.evaluate(pending[0].round, run.arrays,
                                         run.round_record(pending[0].round))
-        if run.distributed is not None:
+        if run.distributed is not None or run.local_plan is not None:
             pending[0].add_spent(replies)
         run.tracker.finish(*pending, replies)
     return run.finish()
@@ -133,31 +133,44 @@ class _Run:
                     if self.central else {}))
         self.strategy.register_sites(self.outcome.sites)  # declared sizes are checked
         self.distributed = None
+        # Local DP with DP-SGD: the plan of the noised counts and validation.
+        self.local_plan = None
+        if self.outcome.local_dp is not None and self.outcome.distributed_dp is None:
+            from common.distributed_dp import NoisePlan
+
+            self.local_plan = NoisePlan(**self.outcome.local_dp["noise_plan"])
         if self.outcome.distributed_dp is not None:
             from server.rounds.distributed import DistributedRun, secagg_settings
 
             self.distributed = DistributedRun.of(
                 self.outcome.distributed_dp, cfg, self.outcome.schema.n_classes,
                 sum(self.outcome.schema.feature_counts().values()))
-            secagg = secagg_settings(timeout, self.distributed.plan)
+            # Local DP's sums carry every site's full noise: added up in clear.
+            secagg = (None if self.outcome.local_dp is not None
+                      else secagg_settings(timeout, self.distributed.plan))
             max_weight = 1  # every site's noised sum counts once
         else:
             secagg = (SecAggSettings(cfg.secagg_threshold, timeout=timeout)
                       if cfg.secure_aggregation else None)
-            # SecAgg+ fixed-point weight range: the largest site's training patients.
-            max_weight = max(s["n_train"] for s in self.outcome.sites)
+            # SecAgg+ fixed-point weight range: the largest site's training patients
+            # (under local DP, the noised counts the sites weigh their updates by).
+            patients = self.outcome.setup.site_patients
+            max_weight = (max(s["n_train"] for s in self.outcome.sites) if patients is None
+                          else max(round(n) for n in patients.values()))
         membership = Membership(grid, self.outcome, timeout,
                                 on_join=self.strategy.register_sites)
         self.executor = RoundExecutor(grid, self.strategy, self.outcome.setup,
                                       timeout=timeout, secagg=secagg, max_weight=max_weight,
-                                      distributed=self.distributed, membership=membership)
+                                      distributed=self.distributed, membership=membership,
+                                      local_validation=self.local_plan is not None)
         self.executor.ensure_setup(sorted(membership.members_among(nodes)))
         self.test = (self.outcome.standardizer.transform(test.align_to(self.outcome.schema,
                                                                        "test split"))
                      if test is not None else None)
         self.tracker = RoundTracker(self.outcome, cfg.train.selection, cfg.round_patience,
                                     on_round, self._saver(checkpoint),
-                                    latest=self.distributed is not None)
+                                    latest=(self.distributed is not None
+                                            or self.local_plan is not None))
         self.first_round = 1
         if resume is not None:
             self.tracker.best.restore(resume.selection)
@@ -213,7 +226,8 @@ class _Run:
         return RoundConfig(self.outcome.setup.digest(), local_epochs=cfg.local_epochs,
                            progress_start=(rnd - 1) / cfg.rounds, progress_end=rnd / cfg.rounds,
                            server_round=rnd,
-                           noise_plan=self.distributed.plan if self.distributed else None)
+                           noise_plan=(self.distributed.plan if self.distributed
+                                       else self.local_plan))
 
     def round_record(self, rnd: int) -> ConfigRecord:
         """The round's config as sent: :meth:`round_config` plus the run's key and each

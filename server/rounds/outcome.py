@@ -31,6 +31,8 @@ class FederationOutcome:
     central_dp: dict | None = None  # budget, delta, noise, clipping, epsilon spent
     # Distributed DP: the noise plan, the noised class counts and patient total.
     distributed_dp: dict | None = None
+    # Local DP: the plan of the noised releases (counts, validation), the noised counts.
+    local_dp: dict | None = None
     seconds: float = 0.0  # the whole federation, setup included
     resumed_from: list[int] = field(default_factory=list)  # last completed round at restarts
     # Names the run to the sites across restarts (see common.spend_record).

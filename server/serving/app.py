@@ -29,6 +29,7 @@ from server.serving.audit_log import open_audit_log
 from server.serving.auth import Role, TokenService
 from server.serving.batching import MicroBatcher
 from server.serving.database import open_database
+from server.serving.explainer import Explainer, ExplanationCache
 from server.serving.model_loading import load_predictor, warm_up
 from server.serving.prediction_cache import open_prediction_cache
 from server.serving.prometheus import ServingMetrics
@@ -68,14 +69,16 @@ def open_state(settings: ServingSettings, metrics: ServingMetrics | None = None
                                   settings.prediction_cache_redis_url)
     batcher = MicroBatcher(predictor, audit, cache=cache,
                            on_cache_lookup=metrics.count_cache_lookups)
+    explainer = Explainer(predictor, ExplanationCache() if settings.prediction_cache else None)
     return ServingState(settings, engine, registry, audit, token_service, predictor, metrics,
-                        batcher, RevocationList(sessions))
+                        batcher, RevocationList(sessions), explainer)
 
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     state: ServingState = app.state.serving
+    state.explainer.close()
     state.batcher.close()  # finish queued predictions and their audit records
     state.engine.dispose()
 

@@ -80,6 +80,18 @@ class MicroBatcher:
             if self.on_cache_lookup is not None:
                 hits = sum(row is not None for row in job.cached)
                 self.on_cache_lookup(hits, len(job.cached) - hits)
+        return await self._submit(job)
+
+    async def record(self, entry: Entry) -> None:
+        """Audit ``entry`` (a call answered elsewhere, e.g. an explanation) in the
+        transaction of the next batch; returns once it has committed."""
+        loop = asyncio.get_running_loop()
+        n_features, n_modalities = self.predictor.n_features, len(self.predictor.modalities)
+        await self._submit(_Job(np.empty((0, n_features), dtype=np.float32),
+                                np.empty((0, n_modalities), dtype=bool), entry, loop,
+                                loop.create_future()))
+
+    async def _submit(self, job: _Job) -> np.ndarray:
         with self._lock:
             self._queue.append(job)
             start = not self._draining
@@ -120,7 +132,7 @@ class MicroBatcher:
 
     def _answer(self, batch: list[_Job]) -> list[np.ndarray]:
         """Each job's probabilities: one forward pass over every row the cache lacks."""
-        if self.cache is None and len(batch) == 1:  # the common case: no copying
+        if self.cache is None and len(batch) == 1 and len(batch[0].x):  # no copying
             self.batches += 1
             return [self.predictor.forward(batch[0].x, batch[0].mask)]
         todo = [(job, job.missing()) for job in batch]
@@ -133,6 +145,9 @@ class MicroBatcher:
         out, start = [], 0
         n_classes = len(self.predictor.label_names)
         for job, rows in todo:
+            if not len(job.x):  # an audit record only
+                out.append(np.empty((0, n_classes), dtype=np.float32))
+                continue
             if job.cached is None:  # no cache: every row came from the forward pass
                 out.append(proba[start:start + len(rows)])
                 start += len(rows)

@@ -71,19 +71,20 @@ def explain(
     def prob(inputs: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         return torch.softmax(model(inputs, m), dim=-1)
 
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    mt = torch.from_numpy(mask.astype(np.float32))
+    xt, mt = predictor.model_input(np.ascontiguousarray(x, dtype=np.float32), mask)
     baseline = torch.zeros_like(xt)
     with torch.enable_grad():
-        attr, delta = IntegratedGradients(prob).attribute(
+        attr = IntegratedGradients(prob).attribute(
             xt, baselines=baseline, target=target, additional_forward_args=(mt,),
-            n_steps=steps, method="gausslegendre", return_convergence_delta=True,
-        )
+            n_steps=steps, method="gausslegendre")
     a = attr.detach().numpy()[0].astype(np.float64)
     with torch.inference_mode():
-        p_x = float(prob(xt, mt)[0, target])
-        p_base = float(prob(baseline, mt)[0, target])
+        # Patient and baseline in one pass; Captum's own convergence delta would run
+        # both again for the same number (sum of attributions minus this difference).
+        ends = prob(torch.cat([xt, baseline]), torch.cat([mt, mt]))[:, target]
+        p_x, p_base = float(ends[0]), float(ends[1])
         fusion = model.modality_weights(mt > 0.5)[0].tolist()
+    gap = abs(float(a.sum()) - (p_x - p_base))
     present = [j for j, on in enumerate(mask[0]) if on]
     total_abs = float(sum(np.abs(a[predictor.slice_of(j)]).sum() for j in present)) or 1.0
     contributions = []
@@ -95,6 +96,7 @@ def explain(
             share=float(np.abs(part).sum()) / total_abs, fusion_weight=float(fusion[j])))
     columns = np.concatenate([np.arange(predictor.n_features)[predictor.slice_of(j)]
                               for j in present])
+    columns = columns[~np.isnan(x[0, columns])]  # a missing feature has no value to rank
     order = columns[np.argsort(-np.abs(a[columns]), kind="stable")[:top_k]]
     top = []
     for col in order:
@@ -105,12 +107,12 @@ def explain(
         target=predictor.label_names[target],
         target_probability=p_x,
         baseline_probability=p_base,
-        convergence_delta=float(delta.detach().abs().max()),
+        convergence_delta=gap,
         steps=steps,
         modalities=contributions,
         top_features=top,
         learned_modality_weights=model.learned_modality_weights(),
-        completeness_gap=abs(float(a.sum()) - (p_x - p_base)),
+        completeness_gap=gap,
         attention=attention,
         attention_check=attention_check,
     )

@@ -20,34 +20,29 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
+V = TypeVar("V")
 
-class PredictionCache:
-    """Thread-safe LRU: ``key(model_id, x, mask)`` -> one patient's probabilities."""
 
-    def __init__(self, max_entries: int) -> None:
+class LruCache(Generic[V]):
+    """Thread-safe LRU of at most ``max_entries`` values by string key, counting hits
+    and misses."""
+
+    def __init__(self, max_entries: int, what: str = "cache") -> None:
         if max_entries < 1:
-            raise ValueError(f"a prediction cache needs at least one entry, got {max_entries}")
+            raise ValueError(f"{what} needs at least one entry, got {max_entries}")
         self.max_entries = max_entries
-        self._entries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._entries: OrderedDict[str, V] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def key(model_id: str, x: np.ndarray, mask: np.ndarray) -> str:
-        """One patient's key: the model id and a digest of its standardized row."""
-        digest = hashlib.sha256()
-        digest.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
-        digest.update(np.ascontiguousarray(mask, dtype=bool).tobytes())
-        return f"{model_id}:{digest.hexdigest()}"
-
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str) -> V | None:
         with self._lock:
             found = self._entries.get(key)
             if found is None:
@@ -57,11 +52,9 @@ class PredictionCache:
             self.hits += 1
             return found
 
-    def put(self, key: str, proba: np.ndarray) -> None:
-        row = np.array(proba, dtype=np.float32, copy=True)
-        row.setflags(write=False)  # shared between requests
+    def put(self, key: str, value: V) -> None:
         with self._lock:
-            self._entries[key] = row
+            self._entries[key] = value
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -73,6 +66,26 @@ class PredictionCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class PredictionCache(LruCache[np.ndarray]):
+    """``key(model_id, x, mask)`` -> one patient's probabilities."""
+
+    def __init__(self, max_entries: int) -> None:
+        super().__init__(max_entries, "a prediction cache")
+
+    @staticmethod
+    def key(model_id: str, x: np.ndarray, mask: np.ndarray) -> str:
+        """One patient's key: the model id and a digest of its standardized row."""
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+        digest.update(np.ascontiguousarray(mask, dtype=bool).tobytes())
+        return f"{model_id}:{digest.hexdigest()}"
+
+    def put(self, key: str, proba: np.ndarray) -> None:
+        row = np.array(proba, dtype=np.float32, copy=True)
+        row.setflags(write=False)  # shared between requests
+        super().put(key, row)
 
 
 class RedisPredictionCache:

@@ -5,6 +5,12 @@ bundle's schema (unknown modality or feature, a modality sent with features miss
 non-finite or out-of-range values) and each problem is reported with its location,
 FastAPI-style (``["body", "modalities", "mrna", "FOXA1_3169"]``).
 
+A modality may be sent with some features missing when the served model reads
+per-feature presence masks (:func:`common.model.accepts_feature_mask`), up to
+:data:`MAX_MISSING_SHARE` of the modality's features: the missing ones are masked, as
+at a site that does not measure them, never imputed. In the encoded input ``x`` a
+missing feature is NaN; :meth:`Predictor.model_input` turns that into the model's mask.
+
 Standardization here is the bundle's own (``(x - mean) / std`` in float32, zeros for
 a missing modality), so predictions equal :meth:`ModelBundle.predict_proba`. The
 forward pass runs under ``torch.inference_mode`` through a frozen TorchScript trace of
@@ -27,6 +33,7 @@ import torch
 
 from common.bundle import ModelBundle
 from common.dataset.multiomics import MultiOmicsData
+from common.model import accepts_feature_mask
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +43,10 @@ _PREVIEW = 5
 # Beyond this many standard deviations a value cannot be a measurement of the kind the
 # model was trained on (and float32 arithmetic in the network starts to overflow).
 MAX_ABS_Z = 1e6
+# At most this share of a modality's features may be missing from a request (models that
+# read feature masks only): beyond it the modality is mostly unmeasured, and the patient
+# is better served without it.
+MAX_MISSING_SHARE = 0.5
 
 
 class InputError(ValueError):
@@ -106,6 +117,7 @@ class Predictor:
         self._mean = np.concatenate([std.mean[m] for m in self.modalities]).astype(np.float32)
         self._std = np.concatenate([std.std[m] for m in self.modalities]).astype(np.float32)
         self.model = bundle.build_model()
+        self.accepts_feature_mask = accepts_feature_mask(self.model)
         # Explanations need gradients with respect to inputs only, never to weights.
         self.model.requires_grad_(False)
         self._forward: Any = self.model
@@ -119,7 +131,8 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw named values -> standardized ``x [n, F]`` float32 and ``mask [n, M]`` bool.
 
-        ``patients[i]`` maps modality -> {feature -> value}. Error locations start with
+        ``patients[i]`` maps modality -> {feature -> value}; a feature the patient lacks
+        (accepted: see :meth:`max_missing`) is NaN in ``x``. Error locations start with
         ``loc``, then the patient's index when ``indexed`` (a list of patients), then
         ``"modalities"``, the modality and the feature.
         """
@@ -130,7 +143,8 @@ class Predictor:
         self, patients: Sequence[Mapping[str, Any]], loc: Loc = ("body",), *,
         indexed: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Like :meth:`encode`, also returning the raw float32 values ``[n, F]``."""
+        """Like :meth:`encode`, also returning the raw float32 values ``[n, F]`` (NaN
+        where a feature is missing)."""
         n = len(patients)
         x = np.zeros((n, self.n_features), dtype=np.float64)
         mask = np.zeros((n, len(self.modalities)), dtype=bool)
@@ -145,13 +159,14 @@ class Predictor:
         with np.errstate(over="ignore", invalid="ignore"):  # reported below, per value
             raw = x.astype(np.float32)
             z = (raw - self._mean) / self._std
-        if not np.isfinite(raw).all():
-            bad = np.argwhere(~np.isfinite(raw))
+        missing = np.isnan(raw)
+        if not (np.isfinite(raw) | missing).all():
+            bad = np.argwhere(~np.isfinite(raw) & ~missing)
             raise InputError([self._value_error(int(i), int(j), loc, indexed, "value exceeds "
                               "the float32 range") for i, j in bad[:_MAX_ERRORS]])
         for j, m in enumerate(self.modalities):
             z[~mask[:, j], self._slices[m]] = 0.0
-        far = ~(np.abs(z) <= MAX_ABS_Z)  # NaN counts as far
+        far = ~(np.abs(z) <= MAX_ABS_Z) & ~missing
         if far.any():
             raise InputError([self._value_error(
                 int(i), int(j), loc, indexed,
@@ -191,12 +206,15 @@ class Predictor:
                     raise KeyError
                 row[cols] = [values[f] for f in feats]
             except (KeyError, TypeError, ValueError):
+                found = len(errors)
                 self._diagnose(m, values, (*where, m), errors)
-                continue
+                if len(errors) > found:
+                    continue
+                row[cols] = [values.get(f, np.nan) for f in feats]  # NaN: masked
             present[self.modalities.index(m)] = True
             if not np.isfinite(row[cols]).all():
                 for f, v in zip(feats, row[cols], strict=True):
-                    if not np.isfinite(v):
+                    if f in values and not np.isfinite(v):
                         errors.append(_err((*where, m, f), "must be a finite number",
                                            "finite_number"))
 
@@ -214,13 +232,25 @@ class Predictor:
             if f in index and (isinstance(v, bool) or not isinstance(v, int | float)):
                 errors.append(_err((*where, f), "must be a number", "type_error"))
         missing = [f for f in self.features[m] if f not in values]
-        if missing:
+        limit = self.max_missing(m)
+        if len(missing) > limit:
             shown = ", ".join(repr(f) for f in missing[:_PREVIEW])
             more = ", ..." if len(missing) > _PREVIEW else ""
+            allowed = (f"this model accepts at most {limit} missing features of modality "
+                       f"{m!r}; send more of them," if self.accepts_feature_mask else
+                       "send every feature of a modality,")
             errors.append(_err(
-                where, f"{len(missing)} of {len(self.features[m])} features are missing "
-                f"({shown}{more}); send every feature of a modality, or leave the modality "
-                "out if the patient lacks it", "missing_features"))
+                where, f"modality {m!r}: {len(missing)} of {len(self.features[m])} features "
+                f"are missing ({shown}{more}); {allowed} or leave the modality out if the "
+                "patient lacks it", "missing_features"))
+
+    def max_missing(self, modality: str) -> int:
+        """How many of ``modality``'s features a request may leave out (they are then
+        masked): :data:`MAX_MISSING_SHARE` of them when the model reads feature masks,
+        else none."""
+        if not self.accepts_feature_mask:
+            return 0
+        return int(len(self.features[modality]) * MAX_MISSING_SHARE)
 
     def _value_error(self, i: int, j: int, loc: Loc, indexed: bool, msg: str) -> dict[str, Any]:
         m, f = self.feature_at(j)
@@ -236,10 +266,21 @@ class Predictor:
         return m, self.features[m][column - self._slices[m].start]
 
     # --------------------------------------------------------------- inference
+    def model_input(self, x: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's ``(x, mask)`` tensors for encoded input: a missing feature (NaN)
+        becomes 0 and, for a model that reads feature masks, the mask goes on with the
+        per-feature presence mask (always, so that every batch has one width)."""
+        missing = np.isnan(x)
+        model_mask = mask.astype(np.float32)
+        if self.accepts_feature_mask:
+            model_mask = np.concatenate([model_mask, (~missing).astype(np.float32)], axis=1)
+        values = np.where(missing, np.float32(0.0), x).astype(np.float32, copy=False)
+        return torch.from_numpy(values), torch.from_numpy(model_mask)
+
     def forward(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Class probabilities ``[n, C]`` (float32) for standardized input."""
         with torch.inference_mode():
-            logits = self._forward(torch.from_numpy(x), torch.from_numpy(mask.astype(np.float32)))
+            logits = self._forward(*self.model_input(x, mask))
             return torch.softmax(logits.float(), dim=-1).numpy()
 
     def predict(
@@ -291,9 +332,10 @@ class Predictor:
         """Frozen TorchScript trace of the network, or None if it does not match eager."""
         rng = np.random.default_rng(0)
         probe = rng.normal(size=(5, self.n_features)).astype(np.float32)
-        probe_mask = np.ones((5, len(self.modalities)), dtype=np.float32)
-        probe_mask[1:, 0] = 0.0  # exercise the missing-modality path as well
-        x, mk = torch.from_numpy(probe), torch.from_numpy(probe_mask)
+        probe[2, ::3] = np.nan  # exercise missing features (models that read them)
+        probe_mask = np.ones((5, len(self.modalities)), dtype=bool)
+        probe_mask[1:, 0] = False  # exercise the missing-modality path as well
+        x, mk = self.model_input(probe, probe_mask)
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarning on shape arithmetic

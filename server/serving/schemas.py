@@ -17,9 +17,11 @@ RoleName = Literal["admin", "lead", "researcher", "site"]
 
 _MODALITIES_DOC = (
     "Modality name -> {feature name -> value}: any non-empty subset of the model's "
-    "modalities (GET /v1/schema lists them and their features). A modality must be sent "
-    "with all its features, or left out when the patient lacks it. Values are raw, as in "
-    "the dataset files; the service standardizes them."
+    "modalities (GET /v1/schema lists them and their features). A modality is sent with "
+    "all its features, or left out when the patient lacks it; a model that reads feature "
+    "masks also accepts a modality with at most half of its features missing (they are "
+    "masked, not imputed). Values are raw, as in the dataset files; the service "
+    "standardizes them."
 )
 _EXAMPLE = {"mrna": {"FOXA1_3169": 12.1, "ESR1_2099": 10.4}, "clinical": {"years_to_birth": 57}}
 

@@ -2,11 +2,13 @@
 
 For each seed, on one split (site partition):
 
-* no DP with the non-private model (``RunConfig.preset("none")``) and with the local-DP
-  model and schedule (``RunConfig()``) without noise: the two references;
-* local DP (Opacus DP-SGD at every site, each site's budget epsilon) for each ``--epsilon``;
+* no DP with the non-private model (``RunConfig.preset("none")``) and with the DP-SGD
+  model and schedule without noise: the two references;
+* local DP (every site's release carries its whole noise: the class-centroid model from
+  noised sums) for each ``--epsilon``, and local DP-SGD (Opacus at every site, the small
+  transformer) at the largest;
 * central DP (server clips site updates and noises their mean) at the same epsilons;
-* SecAgg+ combined with local DP at the largest epsilon;
+* SecAgg+ combined with local DP-SGD at the largest epsilon;
 * distributed DP (noise shares on sums over each site's patients, summed by SecAgg+) at
   each epsilon with its default model, the class-centroid classifier, and that model
   without noise (epsilon 1e6); and the transformer trained by noised gradient steps at
@@ -44,19 +46,25 @@ import numpy as np
 from common.config import RunConfig
 from common.metrics import METRIC_KEYS, format_mean_std
 
+# The small transformer with the DP-SGD schedule (local DP's model other than centroids).
+DP_SGD = {"model_kind": "mmt"}
+
 
 def configurations(epsilons: list[float]) -> dict[str, dict]:
     """Row name -> ``RunConfig.preset`` arguments."""
     rows: dict[str, dict] = {
         "no DP, default model": {"dp": "none"},
-        "no DP, DP model and schedule": {"dp": "none", "preset": "local"},
+        "no DP, DP model and schedule": {"dp": "none", "preset": "local", **DP_SGD},
     }
+    top = max(epsilons)
     for eps in epsilons:
         rows[f"local DP, eps {eps:g}"] = {"dp": "local", "epsilon": eps}
+    rows[f"local DP-SGD, eps {top:g}"] = {"dp": "local", "epsilon": top, **DP_SGD}
     for eps in epsilons:
-        rows[f"central DP, eps {eps:g}"] = {"dp": "central", "epsilon": eps, "preset": "local"}
-    top = max(epsilons)
-    rows[f"SecAgg+ and local DP, eps {top:g}"] = {"dp": "local", "epsilon": top, "secagg": True}
+        rows[f"central DP, eps {eps:g}"] = {"dp": "central", "epsilon": eps, "preset": "local",
+                                            **DP_SGD}
+    rows[f"SecAgg+ and local DP-SGD, eps {top:g}"] = {"dp": "local", "epsilon": top,
+                                                      "secagg": True, **DP_SGD}
     for eps in epsilons:
         rows[f"distributed DP, eps {eps:g}"] = {"dp": "distributed", "epsilon": eps}
     rows["distributed DP, no noise (eps 1e6)"] = {"dp": "distributed", "epsilon": 1e6}
@@ -121,7 +129,7 @@ def step_times(data: str, repeats: int = 40) -> list[dict]:
     x, mask, y = tensors(Standardizer.fit(train).transform(train))
     weights = torch.ones(train.schema.n_classes)
     out = []
-    for label, model_cfg in (("DP model", RunConfig.preset("local").model),
+    for label, model_cfg in (("DP model", RunConfig.preset("local", **DP_SGD).model),
                              ("default model", RunConfig.preset("none").model)):
         def timed(mode: str, model_cfg: Any = model_cfg) -> float:
             torch.manual_seed(0)
@@ -203,13 +211,13 @@ def main() -> None:
     by_name = {r["method"]: r for r in table}
     top = max(args.epsilons)
     ref = by_name.get("no DP, default model")
-    local = by_name.get(f"local DP, eps {top:g}")
+    local = by_name.get(f"local DP-SGD, eps {top:g}")
     same = by_name.get("no DP, DP model and schedule")
     if ref and local and same:
-        print(f"\nlocal DP eps {top:g} vs no DP (default model): macro-F1 "
+        print(f"\nlocal DP-SGD eps {top:g} vs no DP (default model): macro-F1 "
               f"{local['_f1'] - ref['_f1']:+.3f}; vs no DP with the same model and schedule: "
               f"{local['_f1'] - same['_f1']:+.3f} (target: within -0.03)")
-        print(f"wall time per round, local DP / no DP with the same model and schedule: "
+        print(f"wall time per round, local DP-SGD / no DP with the same model and schedule: "
               f"{local['_sec'] / same['_sec']:.2f}x")
     classes = list(per_seed[0][next(iter(rows))]["recall"])
     def mean_recall(name: str, c: str) -> str:
@@ -232,14 +240,25 @@ def main() -> None:
                f"distributed DP, transformer, eps {top:g}"]
     audits = []
     for name in (n for n in audited if n in rows):
-        a = membership_inference(Path(per_seed[0][name]["run_dir"]))
-        audits.append({"method": name, "members": a["members"], "non-members": a["nonmembers"],
-                       "loss AUC": f"{a['loss_attack']['auc']:.3f}",
-                       "loss TPR@1%FPR": f"{a['loss_attack']['tpr_at_1pct_fpr']:.3f}",
-                       "LR AUC": f"{a['likelihood_ratio_attack']['auc']:.3f}",
-                       "LR TPR@1%FPR": f"{a['likelihood_ratio_attack']['tpr_at_1pct_fpr']:.3f}"})
-    print_markdown(audits, list(audits[0]),
-                   f"Membership inference, seed {args.seeds[0]} (target: AUC <= 0.55 at eps 8)")
+        # Every seed's model: one AUC on a few hundred patients has a standard error of
+        # about .02, as large as the margins the audit is read against.
+        runs = [membership_inference(Path(seed[name]["run_dir"])) for seed in per_seed]
+
+        def over_seeds(attack: str, key: str, runs: list[dict] = runs) -> str:
+            return format_mean_std([r[attack][key] for r in runs])
+
+        audits.append({"method": name, "members": runs[0]["members"],
+                       "non-members": runs[0]["nonmembers"],
+                       "loss AUC": over_seeds("loss_attack", "auc"),
+                       "loss TPR@1%FPR": over_seeds("loss_attack", "tpr_at_1pct_fpr"),
+                       "LR AUC": over_seeds("likelihood_ratio_attack", "auc"),
+                       "LR TPR@1%FPR": over_seeds("likelihood_ratio_attack",
+                                                  "tpr_at_1pct_fpr")})
+    if audits:
+        print_markdown(audits, list(audits[0]),
+                       f"Membership inference, mean ± std over seeds {args.seeds} (members "
+                       f"and non-members of seed {args.seeds[0]}; target: AUC <= 0.55 at "
+                       "eps 8)")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "privacy_utility.json").write_text(json.dumps(
         {"per_seed": per_seed, "table": table, "step_times": steps, "audit": audits},

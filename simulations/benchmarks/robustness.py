@@ -2,8 +2,11 @@
 
 For every strategy, on one split (BRCA, one hospital per tissue source site), a clean
 federation and one federation per attack and number of malicious sites (the largest
-hospitals attack; see :mod:`simulations.attacks`), all with the product's update
-vetting on (norm bound 5x the round's median). To keep ~100 federations affordable on
+hospitals attack; see :mod:`simulations.attacks`), all with the norm bound of the
+update vetting (5x the round's median). The row ``default`` is the vetting of a
+``--dp none`` run as the product ships it (FedAvg with the direction check and
+quarantine); the other rows leave those two off, to show what each aggregator does on
+its own. To keep ~100 federations affordable on
 two cores it runs without DP, with a reduced configuration stated in the table: a small
 model, few rounds, and the sites called in-process one after another
 (:class:`simulations.local_grid.InProcessGrid`) instead of through Ray.
@@ -26,15 +29,18 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from common.atomic import write_json_atomic
 from common.config import ModelConfig, RunConfig
 
-STRATEGIES = ("fedavg", "trimmedavg", "fedmedian", "bulyan", "krum")
+# "default": the preset vetting of a run without DP; every other name is a strategy.
+ROBUST_DEFAULT = "default"
+STRATEGIES = ("fedavg", ROBUST_DEFAULT, "trimmedavg", "fedmedian", "bulyan", "krum")
 ATTACKS = ("label-flip", "sign-flip", "scale:100", "noise", "nan", "free-rider")
 
 
 def base_config(data: str, rounds: int, local_epochs: int, d_model: int, seed: int
                 ) -> RunConfig:
-    """The reduced no-DP configuration every row shares."""
+    """The reduced no-DP configuration every row shares (the preset's vetting)."""
     return RunConfig.preset(
         "none", data=data, rounds=rounds, local_epochs=local_epochs, seed=seed,
         round_patience=rounds,
@@ -44,10 +50,14 @@ def base_config(data: str, rounds: int, local_epochs: int, d_model: int, seed: i
 def strategy_config(base: RunConfig, strategy: str, n_sites: int, tolerate: int) -> RunConfig:
     """``strategy`` set up to tolerate ``tolerate`` hostile sites out of ``n_sites``.
 
-    Trimmed mean cuts ``tolerate`` sites from each tail; multi-Krum averages the
-    ``n - f`` best scored; Bulyan's ``f`` is capped by its ``n >= 4f + 3``.
+    ``default`` keeps ``base`` as it is. The others run without the direction check and
+    quarantine: trimmed mean cuts ``tolerate`` sites from each tail; multi-Krum
+    averages the ``n - f`` best scored; Bulyan's ``f`` is capped by its ``n >= 4f + 3``.
     """
-    settings: dict[str, Any] = {"strategy": strategy}
+    if strategy == ROBUST_DEFAULT:
+        return base
+    settings: dict[str, Any] = {"strategy": strategy, "update_direction_ratio": 0.0,
+                                "quarantine_after": 0}
     if strategy == "trimmedavg":
         settings["trim_fraction"] = min(0.49, (tolerate + 0.5) / n_sites)
     elif strategy == "krum":
@@ -83,7 +93,9 @@ def run_federation_in_process(cfg: RunConfig, run_dir: Path, attack: str | None,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="brca")
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES),
+                        help=f"strategy names, or {ROBUST_DEFAULT!r}: the vetting of a "
+                        "--dp none run (direction check and quarantine)")
     parser.add_argument("--clean-only", nargs="*", default=["fedadam", "fedyogi"],
                         help="strategies run without attacks only (e.g. server optimizers)")
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
@@ -101,11 +113,12 @@ def main(argv: list[str] | None = None) -> None:
     base = base_config(args.data, args.rounds, args.local_epochs, args.d_model, args.seed)
     n_sites = len(load_federation(base).plan.sites)
     tolerate = max(args.malicious)
-    jobs = [(strategy_config(base, strategy, n_sites, tolerate), attack, malicious, args.out)
+    jobs = [(strategy, strategy_config(base, strategy, n_sites, tolerate), attack, malicious,
+             args.out)
             for strategy in args.strategies
             for attack, malicious in [(None, 0), *((a, m) for a in args.attacks
                                                    for m in args.malicious)]]
-    jobs += [(strategy_config(base, strategy, n_sites, tolerate), None, 0, args.out)
+    jobs += [(strategy, strategy_config(base, strategy, n_sites, tolerate), None, 0, args.out)
              for strategy in args.clean_only]
     started = time.perf_counter()
     # One thread per worker process: the federations run side by side, not their torch ops.
@@ -118,17 +131,20 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"config": {"data": args.data, "rounds": args.rounds,
                           "local_epochs": args.local_epochs, "d_model": args.d_model,
                           "seed": args.seed, "sites": n_sites, "tolerate": tolerate,
-                          "max_update_norm_ratio": base.max_update_norm_ratio},
+                          "max_update_norm_ratio": base.max_update_norm_ratio,
+                          "default": {"strategy": base.strategy,
+                                      "update_direction_ratio": base.update_direction_ratio,
+                                      "quarantine_after": base.quarantine_after}},
                "seconds": time.perf_counter() - started, "results": results}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "robustness.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(args.out / "robustness.json", summary)
     print(markdown_table(summary))
 
 
-def _row(job: tuple[RunConfig, str | None, int, Path]) -> dict[str, Any]:
-    cfg, attack, malicious, out = job
-    name = f"{cfg.strategy}-{attack or 'clean'}-{malicious}".replace(":", "")
-    row: dict[str, Any] = {"strategy": cfg.strategy, "attack": attack or "clean",
+def _row(job: tuple[str, RunConfig, str | None, int, Path]) -> dict[str, Any]:
+    label, cfg, attack, malicious, out = job
+    name = f"{label}-{attack or 'clean'}-{malicious}".replace(":", "")
+    row: dict[str, Any] = {"strategy": label, "attack": attack or "clean",
                            "malicious": malicious}
     try:
         row.update(run_federation_in_process(cfg, out / name, attack, malicious))

@@ -14,10 +14,12 @@ Writes ``serving_load.json`` (and locust's CSV files) to ``--out`` (default: a t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,14 @@ class EndpointLoad:
     requests_per_s: float
 
 
+@dataclass
+class CpuSplit:
+    """CPU seconds spent during the run by the service (all workers) and by locust."""
+
+    service_s: float
+    locust_s: float
+
+
 def run_scenario(port: int, token: str, patients: list[dict[str, Any]], workdir: Path, *,
                  users: int, spawn_rate: float, seconds: float) -> list[EndpointLoad]:
     """Run the locust scenario against 127.0.0.1:``port``; one row per endpoint + total."""
@@ -64,6 +74,25 @@ def run_scenario(port: int, token: str, patients: list[dict[str, Any]], workdir:
     if done.returncode != 0:
         raise RuntimeError(f"locust failed ({done.returncode}): {done.stderr[-2000:]}")
     return read_stats(prefix.with_name(prefix.name + "_stats.csv"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live children (``/proc``)."""
+    import psutil  # locust's own dependency
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's finished children (locust, once it has exited)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def read_stats(path: Path) -> list[EndpointLoad]:
@@ -105,7 +134,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=500, help="Simulated users.")
     parser.add_argument("--spawn-rate", type=float, default=50.0, help="Users started per s.")
     parser.add_argument("--duration", type=float, default=60.0, help="Seconds of load.")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers.")
+    # One worker per core: a worker's Python code runs on one core at a time.
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers.")
     parser.add_argument("--threads", type=int, default=1, help="Torch threads per worker.")
     parser.add_argument("--out", type=Path, default=None, help="Directory for the results.")
     args = parser.parse_args()
@@ -121,14 +151,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serving-load-db-") as tmp:
         server = start_server(args.model, Path(tmp), args.workers, args.threads)
         try:
+            server_before, locust_before = cpu_seconds(server.proc.pid), children_cpu_seconds()
             rows = run_scenario(server.port, server.token, patients, out, users=args.users,
                                 spawn_rate=args.spawn_rate, seconds=args.duration)
+            cpu = CpuSplit(service_s=cpu_seconds(server.proc.pid) - server_before,
+                           locust_s=children_cpu_seconds() - locust_before)
         finally:
             stop_server(server)
     print_table(rows)
+    print(f"CPU seconds over the run: service {cpu.service_s:.1f}, locust {cpu.locust_s:.1f} "
+          f"(2 cores give {2 * args.duration:.0f}); load average {os.getloadavg()[0]:.2f}")
     (out / "serving_load.json").write_text(json.dumps(
         {"users": args.users, "spawn_rate": args.spawn_rate, "duration_s": args.duration,
          "workers": args.workers, "threads": args.threads, "load_average": os.getloadavg(),
+         "cpu_seconds": asdict(cpu),
          "endpoints": [asdict(r) for r in rows]}, indent=2), encoding="utf-8")
     print(f"results in {out}")
 

@@ -66,10 +66,15 @@ def _raw_key_count(raw: bytes) -> int:
     return sum(raw.count(sep) for sep in (b'":', b'" :', b'"\n:', b'"\t:', b'"\r:'))
 
 
+_SCALARS = frozenset({float, int, str, bool, type(None)})
+
+
 def _parsed_key_count(value: Any) -> int:
     if isinstance(value, BaseModel):
         return sum(1 + _parsed_key_count(getattr(value, f)) for f in value.model_fields_set)
     if isinstance(value, dict):
+        if set(map(type, value.values())) <= _SCALARS:  # a modality's features: C speed
+            return len(value)
         return len(value) + sum(_parsed_key_count(v) for v in value.values()
                                 if isinstance(v, dict | list | BaseModel))
     if isinstance(value, list):

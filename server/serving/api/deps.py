@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 from server.serving.audit_log import AuditLog
 from server.serving.auth import AuthError, Principal, Role, TokenService
 from server.serving.batching import MicroBatcher
+from server.serving.explainer import Explainer
 from server.serving.predictor import Predictor
 from server.serving.prometheus import ServingMetrics
 from server.serving.registry import Registry
@@ -43,6 +44,11 @@ class ServingState:
     metrics: ServingMetrics
     batcher: MicroBatcher  # forward passes and audit records of predictions
     revocations: RevocationList | None = None  # revoked token ids (None: none kept)
+    explainer: Explainer | None = None  # explanations (built from the predictor if None)
+
+    def __post_init__(self) -> None:
+        if self.explainer is None:
+            self.explainer = Explainer(self.predictor)
 
 
 # ------------------------------------------------------------------ the serving state
@@ -72,6 +78,10 @@ async def get_batcher(request: Request) -> MicroBatcher:
     return _state(request).batcher
 
 
+async def get_explainer(request: Request) -> Explainer:
+    return _state(request).explainer
+
+
 async def get_audit(request: Request) -> AuditLog:
     return _state(request).audit
 
@@ -89,6 +99,7 @@ SettingsDep = Annotated[ServingSettings, Depends(get_settings)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+ExplainerDep = Annotated[Explainer, Depends(get_explainer)]
 AuditDep = Annotated[AuditLog, Depends(get_audit)]
 TokensDep = Annotated[TokenService, Depends(get_tokens)]
 MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]

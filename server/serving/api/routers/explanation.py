@@ -1,27 +1,27 @@
-"""Explanation: integrated-gradients attributions of one patient's prediction."""
+"""Explanation: integrated-gradients attributions of one patient's prediction.
+
+The explainer answers from its cache or computes on its own thread; the audit record
+goes through the micro-batcher, in the transaction of the next batch of predictions.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Request, Response
 
 from server.serving import schemas as s
-from server.serving.api.bodies import INPUT_PROBLEMS, json_body, parse_json_body
+from server.serving.api.bodies import INPUT_PROBLEMS, json_body, json_response, parse_json_body
 from server.serving.api.deps import (
-    AuditDep,
+    BatcherDep,
+    ExplainerDep,
     MetricsDep,
     PredictorDep,
     Researcher,
     SettingsDep,
 )
 from server.serving.api.records import audit_entry, count_predictions, model_ref
-from server.serving.audit_log import AuditLog
-from server.serving.auth import Principal
-from server.serving.predictor import InputError, Predictor
-from server.serving.prometheus import ServingMetrics
-from server.serving.settings import ServingSettings
+from server.serving.predictor import InputError
 
 router = APIRouter(prefix="/v1", tags=["prediction"])
 
@@ -29,21 +29,12 @@ router = APIRouter(prefix="/v1", tags=["prediction"])
 @router.post("/explain", response_model=s.ExplainResponse, responses=INPUT_PROBLEMS,
              openapi_extra=json_body(s.ExplainRequest))
 async def explain_endpoint(request: Request, who: Researcher, predictor: PredictorDep,
-                           settings: SettingsDep, audit: AuditDep,
-                           prometheus: MetricsDep) -> s.ExplainResponse:
+                           settings: SettingsDep, explainer: ExplainerDep,
+                           batcher: BatcherDep, prometheus: MetricsDep) -> Response:
     """Integrated-gradients attributions per feature and per modality, with the model's
     learned modality weights (roles: researcher)."""
     # Parsed here, like the prediction bodies: a repeated key is refused, not resolved.
     body = await parse_json_body(s.ExplainRequest, request)
-    return await run_in_threadpool(_explain, body, request, who, predictor, settings, audit,
-                                   prometheus)
-
-
-def _explain(body: s.ExplainRequest, request: Request, who: Principal, predictor: Predictor,
-             settings: ServingSettings, audit: AuditLog,
-             prometheus: ServingMetrics) -> s.ExplainResponse:
-    from server.serving.explain import explain
-
     if body.steps > settings.max_explain_steps:
         raise InputError([{"loc": ["body", "steps"], "type": "less_than_equal",
                            "msg": f"at most {settings.max_explain_steps} steps"}])
@@ -52,14 +43,13 @@ def _explain(body: s.ExplainRequest, request: Request, who: Principal, predictor
                            "msg": f"unknown class {body.target!r}; the model's classes "
                            f"are {predictor.label_names}"}])
     raw, x, mask = predictor.encode_raw([body.modalities])
-    result = predictor.results(predictor.forward(x, mask), mask, [body.patient_id],
-                               ("body",))[0]
-    target = predictor.label_names.index(body.target or result.label)
-    exp = explain(predictor, x, mask, raw, target=target, steps=body.steps, top_k=body.top_k)
-    audit.append_many([audit_entry(request, who, predictor, "explain", {
-        "patients": 1, "target": exp.target, "modalities": result.modalities_used})])
+    proba, exp = await explainer.explain(raw, x, mask, target=body.target, steps=body.steps,
+                                         top_k=body.top_k)
+    result = predictor.results(proba, mask, [body.patient_id], ("body",))[0]
+    await batcher.record(audit_entry(request, who, predictor, "explain", {
+        "patients": 1, "target": exp.target, "modalities": result.modalities_used}))
     count_predictions(prometheus, predictor, [result])
-    return s.ExplainResponse(
+    return json_response(s.ExplainResponse(
         request_id=request.state.request_id, model=model_ref(predictor),
         prediction=s.Prediction(**asdict(result)), target=exp.target,
         target_probability=exp.target_probability,
@@ -69,4 +59,4 @@ def _explain(body: s.ExplainRequest, request: Request, who: Principal, predictor
         top_features=[s.FeatureAttributionOut(**asdict(f)) for f in exp.top_features],
         learned_modality_weights=exp.learned_modality_weights,
         completeness_gap=exp.completeness_gap, attention=exp.attention,
-        attention_check=exp.attention_check)
+        attention_check=exp.attention_check))

@@ -6,7 +6,13 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 
 from server.serving import schemas as s
-from server.serving.api.deps import BatcherDep, LeadOrAdmin, PredictorDep, RegistryDep
+from server.serving.api.deps import (
+    BatcherDep,
+    ExplainerDep,
+    LeadOrAdmin,
+    PredictorDep,
+    RegistryDep,
+)
 from server.serving.predictor import Predictor
 from server.serving.registry import Actor, ModelRecord, RegistryError
 
@@ -41,17 +47,20 @@ def show_model(model_id: str, who: LeadOrAdmin, registry: RegistryDep,
 
 @router.post("/{model_id}/promote", response_model=s.ModelInfo, responses=_NOT_FOUND)
 def promote(model_id: str, body: s.PromoteRequest, request: Request, who: LeadOrAdmin,
-            registry: RegistryDep, predictor: PredictorDep, batcher: BatcherDep
-            ) -> s.ModelInfo:
+            registry: RegistryDep, predictor: PredictorDep, batcher: BatcherDep,
+            explainer: ExplainerDep) -> s.ModelInfo:
     """Move a model to a stage; production archives the previous one. Audited. A
     running server keeps its model until restarted; a new production model empties
-    the prediction cache (roles: admin, lead)."""
+    the prediction and explanation caches (roles: admin, lead)."""
     try:
         record = registry.promote(model_id, stage=body.stage,
                                   actor=Actor(who.subject, who.role.value),
                                   request_id=request.state.request_id)
     except RegistryError as exc:
         raise HTTPException(404 if "no model" in str(exc) else 422, str(exc)) from exc
-    if body.stage == "production" and batcher.cache is not None:
-        batcher.cache.clear()
+    if body.stage == "production":
+        if batcher.cache is not None:
+            batcher.cache.clear()
+        if explainer.cache is not None:
+            explainer.cache.clear()
     return model_info(record, predictor)
