@@ -12,6 +12,7 @@ from flwr.clientapp.typing import Mod
 from client.secagg import secagg_when_requested
 from common.config import RunConfig
 from common.consortium_setup import SETUP, ConsortiumSetup, SetupMissing, acknowledgement
+from common.packed_arrays import packed_transport
 from common.protocol import (
     ARRAYS,
     CONFIG,
@@ -41,7 +42,8 @@ def build_client_app(
     aggregation, next to the training handler, and see its reply before it is masked.
     """
     extra = dict(overrides or {})
-    app = ClientApp(mods=list(mods))
+    # Outermost: the handlers and the other mods see the weights unpacked.
+    app = ClientApp(mods=[packed_transport, *mods])
 
     def setup_site(context: Context):
         import torch  # noqa: F401 - Flower converts weights only once torch is imported

@@ -222,13 +222,15 @@ def main(argv: list[str] | None = None) -> None:
 
         start_parent_process_monitor(args.parent_pid)  # SIGINT here once it is gone
     started = time.perf_counter()
-    warm_up(args.torch_threads or torch_threads_from_env())
-    import torch
-
-    logger.info("site worker ready in %.1f s (Flower, torch and the ClientApp imported; "
-                "torch uses %d thread(s))", time.perf_counter() - started,
-                torch.get_num_threads())
+    # The launcher stops the worker with SIGINT, possibly while it is still warming up
+    # (a SuperNode refused at once): a stop, not a failure, so no traceback in the log.
     try:
+        warm_up(args.torch_threads or torch_threads_from_env())
+        import torch
+
+        logger.info("site worker ready in %.1f s (Flower, torch and the ClientApp "
+                    "imported; torch uses %d thread(s))", time.perf_counter() - started,
+                    torch.get_num_threads())
         serve(args.runtime_api_address, poll_interval=args.poll_interval)
     except KeyboardInterrupt:
         logger.info("site worker stopped")

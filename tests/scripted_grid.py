@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, Error, Message, MessageType, RecordDict
 
 from common.consortium_setup import SETUP, ConsortiumSetup, SetupMissing, acknowledgement
 from common.dataset.multiomics import MultiOmicsData
+from common.packed_arrays import unpack
 from common.preprocessing import FeatureStats
 from common.protocol import (
     ARRAYS,
@@ -132,6 +133,7 @@ class ScriptedGrid:
             self._ids += 1
             mid = f"m{self._ids}"
             msg.metadata.__dict__["_message_id"] = mid  # as Flower's grids do
+            unpack(msg.content)  # the sites answer (and tests read) the weights as sent
             ids.append(mid)
             self.sent.append(msg)
             node = msg.metadata.dst_node_id

@@ -164,8 +164,12 @@ def test_coordinator_never_receives_an_individual_update(secure_run):
                         if arr.shape == update.shape:
                             assert not np.allclose(arr, update, atol=1e-3)
                             # Masked integers carry no trace of the update (checked on
-                            # large tensors, where chance correlation is below ~0.03).
-                            assert update.size < 1000 or abs(np.corrcoef(arr.ravel().astype(float),
+                            # large tensors, where chance correlation is below ~0.03; a
+                            # constant update, such as the absent-feature embeddings of
+                            # sites lacking no feature, correlates with nothing).
+                            if update.size < 1000 or update.std() == 0:
+                                continue
+                            assert abs(np.corrcoef(arr.ravel().astype(float),
                                                    update.ravel())[0, 1]) < 0.2
     assert masked_seen >= 5  # 2 + 3 masked updates really went through the protocol
 

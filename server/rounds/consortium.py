@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
@@ -111,27 +113,56 @@ def merge_descriptions(descriptions: list[SiteDescription], class_weighting: str
     return setup, sites
 
 
-def form_consortium(grid: Grid, cfg: RunConfig, timeout: float) -> FederationOutcome:
+def form_consortium(grid: Grid, cfg: RunConfig, timeout: float, *, run_key: str = "",
+                    spend: Mapping[str, float] | None = None) -> FederationOutcome:
     """Ask the connected sites to describe themselves and merge what they answer; the
-    sites that answered are the run's members."""
+    sites that answered are the run's members.
+
+    The noised releases of a private set-up carry the run's key and each site's epsilon
+    from earlier runs (``spend``, :mod:`common.spend_record`), as every round does: a
+    site whose ledger shows less refuses before it releases anything.
+    """
+    account = Account(run_key, dict(spend or {})) if run_key else None
     nodes = wait_for_sites(grid, cfg.min_sites, timeout)
     described = describe_sites(grid, nodes, timeout)
     if len(described) < cfg.min_sites:
         raise FederationError(f"{len(described)} sites answered, {cfg.min_sites} required")
     descriptions = list(described.values())
     if cfg.dp == "distributed":
-        outcome = _private_consortium(grid, cfg, sorted(described), descriptions, timeout)
+        outcome = _private_consortium(grid, cfg, sorted(described), descriptions, timeout,
+                                      account)
     elif cfg.dp == "local":
-        outcome, described = _locally_private_consortium(grid, cfg, described, timeout)
+        outcome, described = _locally_private_consortium(grid, cfg, described, timeout,
+                                                         account)
     else:
         outcome = FederationOutcome(*merge_descriptions(descriptions,
                                                         cfg.train.class_weighting))
     outcome.members = {node: d.site for node, d in described.items()}
+    if run_key:
+        outcome.run_key = run_key
     return outcome
 
 
+@dataclass(frozen=True)
+class Account:
+    """The run's key and the sites' earlier spend, added to a release's config."""
+
+    run_key: str
+    spend: dict[str, float]
+
+    def __call__(self, config: ConfigRecord) -> ConfigRecord:
+        from common.spend_record import with_account
+
+        return with_account(config, self.run_key, self.spend)
+
+
+def _accounted(config: ConfigRecord, account: Account | None) -> ConfigRecord:
+    return config if account is None else account(config)
+
+
 def _locally_private_consortium(grid: Grid, cfg: RunConfig,
-                                described: dict[int, SiteDescription], timeout: float
+                                described: dict[int, SiteDescription], timeout: float,
+                                account: Account | None = None
                                 ) -> tuple[FederationOutcome, dict[int, SiteDescription]]:
     """Local DP: names only from the descriptions; every site's class counts noised by
     the site alone (:mod:`server.rounds.local_dp`); every patient standardized by its own
@@ -144,7 +175,8 @@ def _locally_private_consortium(grid: Grid, cfg: RunConfig,
     _check_private(list(described.values()), "local")
     schema = consortium_schema(list(described.values()))
     plan = local_noise_plan(cfg)
-    released = noised_class_counts(grid, sorted(described), plan, schema.n_classes, timeout)
+    released = noised_class_counts(grid, sorted(described), plan, schema.n_classes, timeout,
+                                   lambda config: _accounted(config, account))
     members = {node: d for node, d in described.items() if node in released.vectors}
     total = released.total()
     if len(members) < cfg.min_sites or total is None:
@@ -159,7 +191,7 @@ def _locally_private_consortium(grid: Grid, cfg: RunConfig,
                             class_weights(np.maximum(counts, 1.0), cfg.train.class_weighting),
                             prior, site_patients)
     if cfg.model.kind != CENTROID_KIND:  # DP-SGD: inputs centred by a noised mean
-        setup = _centred(grid, setup, plan, sorted(members), patients, timeout)
+        setup = _centred(grid, setup, plan, sorted(members), patients, timeout, account)
     logger.info("%d sites; noised class counts %s", len(members),
                 dict(zip(schema.label_names, np.round(counts, 1).tolist(), strict=True)))
     record = {"noise_plan": plan.to_dict(), "class_counts": [float(c) for c in counts],
@@ -172,7 +204,8 @@ def _locally_private_consortium(grid: Grid, cfg: RunConfig,
 
 
 def _centred(grid: Grid, setup: ConsortiumSetup, plan: NoisePlan, nodes: list[int],
-             patients: float, timeout: float) -> ConsortiumSetup:
+             patients: float, timeout: float, account: Account | None = None
+             ) -> ConsortiumSetup:
     """``setup`` with the consortium's feature centre from the sites' noised sums of
     their patients' unit vectors (:mod:`common.patient_centre`); the sites hold ``setup``
     for that release."""
@@ -187,7 +220,8 @@ def _centred(grid: Grid, setup: ConsortiumSetup, plan: NoisePlan, nodes: list[in
 
     stored = send_setup(grid, nodes, setup, timeout)
     features = sum(setup.schema.feature_counts().values())
-    config = RoundConfig(setup.digest(), task=CENTRE_TASK, noise_plan=plan).to_record()
+    config = _accounted(RoundConfig(setup.digest(), task=CENTRE_TASK,
+                                    noise_plan=plan).to_record(), account)
     released = request_releases(grid, sorted(stored), ArrayRecord(
         {CENTRE_TASK: to_array(np.zeros(features))}), config, timeout)
     total = released.total()
@@ -207,8 +241,8 @@ def _check_private(descriptions: list[SiteDescription], mode: str) -> None:
 
 
 def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
-                        descriptions: list[SiteDescription], timeout: float
-                        ) -> FederationOutcome:
+                        descriptions: list[SiteDescription], timeout: float,
+                        account: Account | None = None) -> FederationOutcome:
     """Distributed DP: names only from the descriptions; the class counts as one noised
     sum through SecAgg+; every patient standardized by its own values."""
     from flwr.app import ArrayRecord
@@ -230,7 +264,8 @@ def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
     schema = consortium_schema(descriptions)
     plan = noise_plan_for(cfg, len(descriptions))
     n_classes = schema.n_classes
-    config = RoundConfig(task=CLASS_COUNTS_TASK, noise_plan=plan).to_record()
+    config = _accounted(RoundConfig(task=CLASS_COUNTS_TASK, noise_plan=plan).to_record(),
+                        account)
     secure = secure_train_round(
         grid, 0, ArrayRecord({CLASS_COUNTS_TASK: to_array(np.zeros(n_classes))}),
         sorted(nodes), config, max_weight=1,

@@ -9,6 +9,8 @@ from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from common.flower_pacing import quick_reply_pulls
+from common.packed_arrays import LAYOUT, packed_message, unpack
+from common.protocol import ARRAYS
 from server.rounds.outcome import FederationError
 
 logger = logging.getLogger(__name__)
@@ -35,11 +37,15 @@ def exchange(grid: Grid, messages: list[Message], timeout: float
     is out (Flower: missed heartbeats) is given up at once, even if it reconnects later:
     a restarted SuperNode never answers a message its previous process had taken, so
     waiting for it would hold the round until ``timeout``. Polls quickly at first (the
-    simulation answers in milliseconds) and every 0.25 s at most (deployment).
+    simulation answers in milliseconds) and every 0.25 s at most (deployment). Weights
+    travel packed as one array (:mod:`common.packed_arrays`); the replies come back
+    unpacked, and a reply whose packing is malformed loses its weights (the update
+    guard then rejects it) rather than ending the round.
     """
     if not messages:
         return [], []
     quick_reply_pulls()
+    messages = [packed_message(m) for m in messages]
     ids = list(grid.push_messages(messages))
     if len(ids) == len(messages):
         destination = {mid: msg.metadata.dst_node_id
@@ -52,6 +58,7 @@ def exchange(grid: Grid, messages: list[Message], timeout: float
     poll = 0.02
     while pending:
         for reply in grid.pull_messages(pending):
+            _unpacked(reply)
             replies.append(reply)
             pending.discard(reply.metadata.reply_to_message_id)
         if not pending:
@@ -70,6 +77,20 @@ def exchange(grid: Grid, messages: list[Message], timeout: float
         time.sleep(poll)
         poll = min(poll * 1.5, 0.25)
     return replies, lost
+
+
+def _unpacked(reply: Message) -> None:
+    """Unpack ``reply``'s weights in place; drop them when their packing is malformed."""
+    if reply.has_error():
+        return
+    try:
+        unpack(reply.content)
+    except ValueError as exc:
+        logger.warning("node %s sent malformed packed weights (%s); they are dropped",
+                       reply.metadata.src_node_id, exc)
+        for key in (ARRAYS, LAYOUT):
+            if key in reply.content:
+                del reply.content[key]
 
 
 def query(grid: Grid, nodes: list[int], content: RecordDict, timeout: float

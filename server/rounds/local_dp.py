@@ -19,6 +19,7 @@ less (:func:`client.app.release_refusal`). The releases are:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,9 +117,14 @@ def request_releases(grid: Grid, nodes: list[int], arrays: ArrayRecord, config: 
 
 
 def noised_class_counts(grid: Grid, nodes: list[int], plan: NoisePlan, n_classes: int,
-                        timeout: float) -> Releases:
-    """Every site's class counts of its training patients, noised by the site."""
+                        timeout: float,
+                        accounted: Callable[[ConfigRecord], ConfigRecord] | None = None
+                        ) -> Releases:
+    """Every site's class counts of its training patients, noised by the site;
+    ``accounted`` adds the run's key and the sites' earlier spend to the request."""
     config = RoundConfig(task=CLASS_COUNTS_TASK, noise_plan=plan).to_record()
+    if accounted is not None:
+        config = accounted(config)
     placeholder = ArrayRecord({CLASS_COUNTS_TASK: to_array(np.zeros(n_classes))})
     return request_releases(grid, nodes, placeholder, config, timeout)
 

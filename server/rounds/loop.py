@@ -116,7 +116,11 @@ class _Run:
         self.start = time.perf_counter()
         self.prior_seconds = resume.seconds if resume is not None else 0.0
         if resume is None:
-            self.outcome = form_consortium(grid, cfg, timeout)
+            import uuid
+
+            spend = dict(spend_book.spent) if spend_book is not None else {}
+            self.outcome = form_consortium(grid, cfg, timeout, run_key=uuid.uuid4().hex,
+                                           spend=spend)
         else:
             resume.check_compatible(cfg)
             self.outcome = resume.restored_outcome()
