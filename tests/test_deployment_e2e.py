@@ -204,11 +204,15 @@ def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen,
     raise AssertionError(f"timed out waiting for {what}:\n{consortium.log(proc)}")
 
 
+KILLED_ROUNDS = 12
+
+
 @pytest.mark.e2e
 def test_site_killed_mid_round_run_completes_and_site_rejoins(consortium):
-    # Three rounds: a round can now end before the restarted site is back (seconds).
-    coordinator = consortium.coordinator("site-killed", "--rounds", "3", "--min-sites", "2",
-                                         *RUN_OPTIONS)
+    # Twelve rounds: a deployed round takes about 3 s, a restarted site 10-20 s to be
+    # back (its worker imports torch), and the run must last until it is.
+    coordinator = consortium.coordinator("site-killed", "--rounds", str(KILLED_ROUNDS),
+                                         "--min-sites", "2", *RUN_OPTIONS)
     registry = consortium.wait_registered(coordinator)
     sites = consortium.start_sites()
     victim = sites["site-c"]
@@ -236,7 +240,7 @@ def test_site_killed_mid_round_run_completes_and_site_rejoins(consortium):
     assert consortium.wait(coordinator) == 0, consortium.log(coordinator)
 
     m = consortium.metrics("site-killed")
-    assert m["rounds_run"] == 3 and m["stopped_early"] is None
+    assert m["rounds_run"] == KILLED_ROUNDS and m["stopped_early"] is None
     first, *later = m["rounds"]
     assert _train_sites(first) == {"site-a", "site-b"}
     # Flower's error reply for the offline node, or the round loop giving it up itself.
