@@ -96,7 +96,7 @@ def _log_in_by_keyboard(page, base_url: str, token: str) -> None:
         pytest.fail("the Sites link cannot be reached with Tab")
     assert sites.evaluate("el => getComputedStyle(el).outlineStyle") == "solid"
     page.keyboard.press("Enter")
-    page.get_by_role("heading", name="Sites").wait_for()
+    page.get_by_role("heading", name="Sites", exact=True).wait_for()
 
 
 def _filter_and_compare(page, finished: str, stopped: str) -> None:
