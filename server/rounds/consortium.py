@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
@@ -19,10 +18,18 @@ from common.distributed_dp import NoisePlan
 from common.preprocessing import FeatureStats, Standardizer
 from common.protocol import CONFIG, DESCRIBE, QUERY_KIND, SiteDescription
 from common.schema import FeatureSchema, SchemaMismatchError
+from common.spend_record import with_account
 from server.rounds.exchange import query, wait_for_sites
 from server.rounds.outcome import FederationError, FederationOutcome
 
 logger = logging.getLogger(__name__)
+
+# Adds the run's key and the sites' earlier spend to a release's config.
+Accounted = Callable[[ConfigRecord], ConfigRecord]
+
+
+def _unaccounted(config: ConfigRecord) -> ConfigRecord:
+    return config
 
 
 def describe_sites(grid: Grid, nodes: list[int], timeout: float, *, attempts: int = 2
@@ -122,7 +129,9 @@ def form_consortium(grid: Grid, cfg: RunConfig, timeout: float, *, run_key: str 
     from earlier runs (``spend``, :mod:`common.spend_record`), as every round does: a
     site whose ledger shows less refuses before it releases anything.
     """
-    account = Account(run_key, dict(spend or {})) if run_key else None
+    def account(config: ConfigRecord) -> ConfigRecord:
+        return with_account(config, run_key, dict(spend or {})) if run_key else config
+
     nodes = wait_for_sites(grid, cfg.min_sites, timeout)
     described = describe_sites(grid, nodes, timeout)
     if len(described) < cfg.min_sites:
@@ -143,26 +152,10 @@ def form_consortium(grid: Grid, cfg: RunConfig, timeout: float, *, run_key: str 
     return outcome
 
 
-@dataclass(frozen=True)
-class Account:
-    """The run's key and the sites' earlier spend, added to a release's config."""
-
-    run_key: str
-    spend: dict[str, float]
-
-    def __call__(self, config: ConfigRecord) -> ConfigRecord:
-        from common.spend_record import with_account
-
-        return with_account(config, self.run_key, self.spend)
-
-
-def _accounted(config: ConfigRecord, account: Account | None) -> ConfigRecord:
-    return config if account is None else account(config)
-
 
 def _locally_private_consortium(grid: Grid, cfg: RunConfig,
                                 described: dict[int, SiteDescription], timeout: float,
-                                account: Account | None = None
+                                account: Accounted = _unaccounted
                                 ) -> tuple[FederationOutcome, dict[int, SiteDescription]]:
     """Local DP: names only from the descriptions; every site's class counts noised by
     the site alone (:mod:`server.rounds.local_dp`); every patient standardized by its own
@@ -176,7 +169,7 @@ def _locally_private_consortium(grid: Grid, cfg: RunConfig,
     schema = consortium_schema(list(described.values()))
     plan = local_noise_plan(cfg)
     released = noised_class_counts(grid, sorted(described), plan, schema.n_classes, timeout,
-                                   lambda config: _accounted(config, account))
+                                   account)
     members = {node: d for node, d in described.items() if node in released.vectors}
     total = released.total()
     if len(members) < cfg.min_sites or total is None:
@@ -204,7 +197,7 @@ def _locally_private_consortium(grid: Grid, cfg: RunConfig,
 
 
 def _centred(grid: Grid, setup: ConsortiumSetup, plan: NoisePlan, nodes: list[int],
-             patients: float, timeout: float, account: Account | None = None
+             patients: float, timeout: float, account: Accounted = _unaccounted
              ) -> ConsortiumSetup:
     """``setup`` with the consortium's feature centre from the sites' noised sums of
     their patients' unit vectors (:mod:`common.patient_centre`); the sites hold ``setup``
@@ -220,8 +213,8 @@ def _centred(grid: Grid, setup: ConsortiumSetup, plan: NoisePlan, nodes: list[in
 
     stored = send_setup(grid, nodes, setup, timeout)
     features = sum(setup.schema.feature_counts().values())
-    config = _accounted(RoundConfig(setup.digest(), task=CENTRE_TASK,
-                                    noise_plan=plan).to_record(), account)
+    config = account(RoundConfig(setup.digest(), task=CENTRE_TASK,
+                                 noise_plan=plan).to_record())
     released = request_releases(grid, sorted(stored), ArrayRecord(
         {CENTRE_TASK: to_array(np.zeros(features))}), config, timeout)
     total = released.total()
@@ -242,7 +235,7 @@ def _check_private(descriptions: list[SiteDescription], mode: str) -> None:
 
 def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
                         descriptions: list[SiteDescription], timeout: float,
-                        account: Account | None = None) -> FederationOutcome:
+                        account: Accounted = _unaccounted) -> FederationOutcome:
     """Distributed DP: names only from the descriptions; the class counts as one noised
     sum through SecAgg+; every patient standardized by its own values."""
     from flwr.app import ArrayRecord
@@ -264,8 +257,7 @@ def _private_consortium(grid: Grid, cfg: RunConfig, nodes: list[int],
     schema = consortium_schema(descriptions)
     plan = noise_plan_for(cfg, len(descriptions))
     n_classes = schema.n_classes
-    config = _accounted(RoundConfig(task=CLASS_COUNTS_TASK, noise_plan=plan).to_record(),
-                        account)
+    config = account(RoundConfig(task=CLASS_COUNTS_TASK, noise_plan=plan).to_record())
     secure = secure_train_round(
         grid, 0, ArrayRecord({CLASS_COUNTS_TASK: to_array(np.zeros(n_classes))}),
         sorted(nodes), config, max_weight=1,
