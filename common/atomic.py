@@ -32,6 +32,20 @@ def write_text_atomic(path: Path, text: str, *, private: bool = False,
     write_bytes_atomic(path, text.encode("utf-8"), private=private, durable=durable)
 
 
+def write_torch_atomic(path: Path, obj: Any, *, private: bool = False) -> None:
+    """Replace ``path`` with ``obj`` as ``torch.save`` writes it. Serialised in memory
+    first: ``torch.save`` into a file turns a failed write (disk full, file too large)
+    into a bare ``RuntimeError``; writing the bytes raises the ``OSError`` callers
+    recognise."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue(), private=private)
+
+
 def write_json_atomic(path: Path, payload: Any, *, private: bool = False,
                       default: Callable[[Any], Any] | None = None, indent: int = 2,
                       durable: bool = True) -> None:
@@ -44,7 +58,7 @@ def write_json_atomic(path: Path, payload: Any, *, private: bool = False,
 def write_with_atomic(path: Path, write: Callable[[BinaryIO], Any], *,
                       private: bool = False, durable: bool = True) -> None:
     """Replace ``path`` with whatever ``write`` puts into the binary file it is given
-    (for writers that want a file object, e.g. ``torch.save``). ``durable=False`` skips
+    (for writers that want a file object, e.g. ``np.savez``). ``durable=False`` skips
     the fsyncs: still atomic for readers and after a process crash, but a power loss
     may leave the previous version (for files rewritten very often)."""
     path = Path(path)

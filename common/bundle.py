@@ -25,7 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import fsync_directory, write_text_atomic, write_with_atomic
+from common.atomic import (
+    fsync_directory,
+    write_text_atomic,
+    write_torch_atomic,
+    write_with_atomic,
+)
 from common.config import ModelConfig
 from common.dataset.multiomics import MultiOmicsData
 from common.preprocessing import Standardizer
@@ -79,7 +84,6 @@ def save_bundle(
     lineage: dict[str, Any],
 ) -> Path:
     """Write a bundle atomically: a complete new directory replaces the old one."""
-    import torch
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,7 @@ def save_bundle(
         write_text_atomic(tmp / "bundle.json", json.dumps(meta, indent=2, default=_jsonable))
         write_text_atomic(tmp / "schema.json", json.dumps(schema.to_dict(), indent=1))
         weights = {k: v.detach().cpu() for k, v in state_dict.items()}
-        write_with_atomic(tmp / "weights.pt", lambda fh: torch.save(weights, fh))
+        write_torch_atomic(tmp / "weights.pt", weights)
         arrays = standardizer.to_arrays()
         write_with_atomic(tmp / "standardizer.npz", lambda fh: np.savez(fh, **arrays))
         if directory.exists():

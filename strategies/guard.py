@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -159,13 +159,31 @@ def others_median_cosines(updates: list[np.ndarray]) -> list[float]:
     coordinates even pure noise pulls the median its way and would score a cosine
     clearly above 0 (.13-.19 among 12 BRCA sites, against .4-.6 for honest ones).
     """
-    stack = np.stack(updates)
     cosines = []
-    for i, update in enumerate(updates):
-        reference = np.median(np.delete(stack, i, axis=0), axis=0)
+    for update, reference in zip(updates, leave_one_out_medians(np.stack(updates)),
+                                 strict=True):
         norms = float(np.linalg.norm(update)) * float(np.linalg.norm(reference))
         cosines.append(float(np.dot(update, reference)) / norms if norms > 0 else 0.0)
     return cosines
+
+
+def leave_one_out_medians(stack: np.ndarray) -> Iterator[np.ndarray]:
+    """For each row ``i`` of ``stack`` ``[n, d]`` (n >= 2), the coordinate-wise median of
+    the other rows, from one sort of each column.
+
+    Removing one value from a sorted column shifts the values above it down by one, so
+    the value at rank ``k`` of the rest is the column's rank ``k`` if the removed value
+    lies above it, else its rank ``k + 1`` (ties give the same multiset either way).
+    ``np.median`` of each ``n - 1`` rows instead costs ``n`` full medians: 17 s per
+    round for 12 sites of 3 M weights, 3 min for 40 sites.
+    """
+    n = stack.shape[0]
+    ordered = np.sort(stack, axis=0)
+    # The ranks, among the n - 1 others, of the middle one or two values.
+    middle = [(n - 2) // 2] if n % 2 == 0 else [(n - 3) // 2, (n - 1) // 2]
+    for row in stack:
+        picks = [np.where(row > ordered[k], ordered[k], ordered[k + 1]) for k in middle]
+        yield picks[0] if len(picks) == 1 else (picks[0] + picks[1]) / 2
 
 
 class _ReadCopy(ArrayRecord):

@@ -9,9 +9,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from small_models import small_config
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.config import ModelConfig
 from common.consortium_features import site_input
 from common.dataset.multiomics import MultiOmicsData
 from common.losses import weighted_loss
@@ -28,11 +28,8 @@ LABELS = ["A", "B", "C"]
 
 
 def small_model(kind: str, seed: int = 0) -> torch.nn.Module:
-    cfg = ModelConfig(kind=kind, d_model=16, n_heads=2, n_layers=1, tokens_per_modality=2,
-                      perceiver_tokens_per_modality=2, perceiver_latents=3, dropout=0.0,
-                      attention_dropout=0.0, modality_dropout=0.0)
     torch.manual_seed(seed)
-    return build_model(ModelSpec(cfg, dict(SIZES), len(LABELS))).eval()
+    return build_model(ModelSpec(small_config(kind), dict(SIZES), len(LABELS))).eval()
 
 
 def learned_absence(model: torch.nn.Module) -> torch.nn.Module:
@@ -51,6 +48,21 @@ def batch(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.
     have = torch.ones(n, sum(SIZES.values()))
     have[:, [1, 5, 11]] = 0.0
     return x, torch.ones(n, len(SIZES)), have
+
+
+def made_private(model: torch.nn.Module, grad_sample_mode: str, **kwargs) -> tuple:
+    """Opacus' ``make_private`` of ``model`` without noise, over 16 patients of
+    :func:`batch` with its feature masks, in batches of 8."""
+    from opacus import PrivacyEngine
+
+    x, mask, have = batch(n=16)
+    data = TensorDataset(x * have, torch.cat([mask, have], 1), torch.arange(16) % 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return PrivacyEngine().make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+            data_loader=DataLoader(data, batch_size=8), noise_multiplier=0.0,
+            max_grad_norm=1e6, grad_sample_mode=grad_sample_mode, **kwargs)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -97,20 +109,7 @@ def test_fresh_absence_embeddings_leave_the_network_unchanged(kind: str) -> None
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("kind", KINDS)
 def test_opacus_gives_per_sample_gradients_to_the_absent_embeddings(kind: str) -> None:
-    from opacus import PrivacyEngine
-
-    model = small_model(kind).train()
-    x, mask, have = batch(n=16)
-    y = torch.arange(16) % 3
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, optimizer, loader = PrivacyEngine().make_private(
-            module=model, optimizer=optimizer,
-            data_loader=DataLoader(TensorDataset(x * have, torch.cat([mask, have], 1), y),
-                                   batch_size=8),
-            noise_multiplier=0.0, max_grad_norm=1e6,
-            grad_sample_mode="hooks")
+    model, optimizer, loader = made_private(small_model(kind).train(), "hooks")
     xb, mb, yb = next(b for b in loader if len(b[2]))
     optimizer.zero_grad()
     weighted_loss(model(xb, mb), yb, torch.ones(3)).backward()
@@ -217,19 +216,9 @@ def test_per_patient_gradients_with_feature_masks_sum_to_the_batch_gradient(kind
 @pytest.mark.parametrize("kind", KINDS)
 def test_ghost_clipping_trains_only_the_absent_features_embeddings(kind: str) -> None:
     """Opacus' ghost clipping (large models) through the absent embeddings, no noise."""
-    from opacus import PrivacyEngine
-
     model = small_model(kind).train()
-    x, mask, have = batch(n=16)
-    y = torch.arange(16) % 3
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        private, optimizer, criterion, loader = PrivacyEngine().make_private(
-            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
-            data_loader=DataLoader(TensorDataset(x * have, torch.cat([mask, have], 1), y),
-                                   batch_size=8),
-            noise_multiplier=0.0, max_grad_norm=1e6, criterion=torch.nn.CrossEntropyLoss(),
-            grad_sample_mode="ghost")
+    private, optimizer, criterion, loader = made_private(
+        model, "ghost", criterion=torch.nn.CrossEntropyLoss())
     weight = next(p for n, p in model.named_parameters() if n.startswith("absent"))
     xb, mb, yb = next(b for b in loader if len(b[2]))
     optimizer.zero_grad()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import warnings
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -389,80 +389,144 @@ def test_geo_errors_and_sample_id_line(write_files):
 # --------------------------------------------------------------------- AnnData / MuData
 
 
-def _strings(group, name: str, values: list[str]) -> None:
-    group.create_dataset(name, data=np.array(values, dtype=object),
-                         dtype=h5py.string_dtype())
-    group[name].attrs["encoding-type"] = "string-array"
-    group[name].attrs["encoding-version"] = "0.2.0"
+def anndata(obs: list[str], var: list[str], x, **layers):
+    """An AnnData object (written by the tests with anndata's own writer)."""
+    import anndata as ad
+    import pandas as pd
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # duplicate names, on purpose
+        return ad.AnnData(X=x, obs=pd.DataFrame(index=obs), var=pd.DataFrame(index=var),
+                          layers=layers)
 
 
-def write_anndata(group, obs: list[str], var: list[str], x: np.ndarray, *,
-                  sparse: bool = False) -> None:
-    """The AnnData on-disk layout (anndata's 'anndata' encoding, version 0.1.0)."""
-    group.attrs["encoding-type"] = "anndata"
-    group.attrs["encoding-version"] = "0.1.0"
-    for key, names in (("obs", obs), ("var", var)):
-        g = group.create_group(key)
-        g.attrs["_index"] = "_index"
-        g.attrs["column-order"] = np.array([], dtype=object).astype(h5py.string_dtype())
-        g.attrs["encoding-type"] = "dataframe"
-        g.attrs["encoding-version"] = "0.2.0"
-        _strings(g, "_index", names)
-    if sparse:
-        rows, cols = np.nonzero(x)
-        g = group.create_group("X")
-        g.attrs["encoding-type"] = "csr_matrix"
-        g.attrs["encoding-version"] = "0.1.0"
-        g.attrs["shape"] = np.array(x.shape)
-        g.create_dataset("data", data=x[rows, cols])
-        g.create_dataset("indices", data=cols.astype(np.int32))
-        g.create_dataset("indptr", data=np.concatenate([[0], np.cumsum(np.bincount(
-            rows, minlength=x.shape[0]))]).astype(np.int32))
-    else:
-        group.create_dataset("X", data=x)
-    layers = group.create_group("layers")
-    layers.create_dataset("counts", data=x * 10)
+def write_mudata(path: Path, mods: dict) -> None:
+    import mudata
+
+    with mudata.set_options(pull_on_update=False), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # duplicate names, on purpose
+        mudata.MuData(mods).write(path)
 
 
 X = np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]], dtype=np.float32)
+H5AD = manifest('[modalities.mrna]\nfile = "x.h5ad"\nformat = "h5ad"\n')
 
 
-@pytest.mark.parametrize("sparse", [False, True])
-def test_h5ad_dense_and_csr(write_files, sparse):
-    d = write_files({"labels.csv": "patient_id,label\nP1,a\nP2,b\n", "dataset.toml": manifest(
-        '[modalities.mrna]\nfile = "x.h5ad"\nformat = "h5ad"\n')})
-    with h5py.File(d / "x.h5ad", "w") as f:
-        write_anndata(f, ["P1", "P2"], ["g1", "g2", "g3"], X, sparse=sparse)
+@pytest.mark.parametrize("kind", ["dense", "csr", "csc"])
+def test_h5ad_dense_and_sparse(write_files, kind):
+    from scipy import sparse
+
+    d = write_files({"labels.csv": "patient_id,label\nP1,a\nP2,b\n", "dataset.toml": H5AD})
+    x = {"dense": X, "csr": sparse.csr_matrix(X), "csc": sparse.csc_matrix(X)}[kind]
+    anndata(["P1", "P2"], ["g1", "g2", "g3"], x).write_h5ad(d / "x.h5ad")
     data = load_dataset(d)
+    assert data.patient_ids.tolist() == ["P1", "P2"]
     assert data.schema.features("mrna") == ("g1", "g2", "g3")
     np.testing.assert_array_equal(data.features["mrna"], X)
+
+
+def test_h5ad_layer_is_read_instead_of_x(write_files):
+    from scipy import sparse
+
+    d = write_files({"labels.csv": "patient_id,label\nP1,a\nP2,b\n", "dataset.toml": manifest(
+        '[modalities.mrna]\nfile = "x.h5ad"\nformat = "h5ad"\nlayer = "counts"\n')})
+    anndata(["P1", "P2"], ["g1", "g2", "g3"], X,
+            counts=sparse.csr_matrix(X * 10)).write_h5ad(d / "x.h5ad")
+    data, report = inspect_dataset(d)
+    np.testing.assert_array_equal(data.features["mrna"], X * 10)
+    (d / "dataset.toml").write_text(manifest(
+        '[modalities.mrna]\nfile = "x.h5ad"\nformat = "h5ad"\nlayer = "tpm"\n'),
+        encoding="utf-8")
+    _, report = inspect_dataset(d)
+    (f,) = report.errors
+    assert f.file == "x.h5ad" and "no layer layers/tpm; layers: 'counts'" in f.message
 
 
 def test_h5mu_modality_and_layer(write_files):
     d = write_files({"labels.csv": "patient_id,label\nP1,a\nP2,b\n", "dataset.toml": manifest(
         '[modalities.rna]\nfile = "x.h5mu"\nformat = "h5mu"\nmodality = "rna"\nlayer = "counts"\n'
         '[modalities.prot]\nfile = "x.h5mu"\nformat = "h5mu"\nmodality = "prot"\n')})
-    with h5py.File(d / "x.h5mu", "w") as f:
-        f.attrs["encoding-type"] = "MuData"
-        mod = f.create_group("mod")
-        write_anndata(mod.create_group("rna"), ["P1", "P2"], ["g1", "g2", "g3"], X)
-        write_anndata(mod.create_group("prot"), ["P2"], ["CD4"], np.array([[5.0]]))
+    write_mudata(d / "x.h5mu", {
+        "rna": anndata(["P1", "P2"], ["g1", "g2", "g3"], X, counts=X * 10),
+        "prot": anndata(["P2"], ["CD4"], np.array([[5.0]])),
+    })
     data = load_dataset(d)
     np.testing.assert_array_equal(data.features["rna"], X * 10)
+    assert data.schema.features("prot") == ("CD4",)
     assert data.mask[:, 1].tolist() == [False, True]
-    (d / "dataset.toml").write_text(manifest(
-        '[modalities.rna]\nfile = "x.h5mu"\nformat = "h5mu"\nmodality = "atac"\n'),
-        encoding="utf-8")
-    _, report = inspect_dataset(d)
-    assert "no modality mod/atac" in errors(report)[0]
+    for mod, expected in (('modality = "atac"', "no modality mod/atac; modalities: 'rna', 'prot'"),
+                          ('modality = "prot"\nlayer = "counts"',
+                           "no layer mod/prot/layers/counts")):
+        (d / "dataset.toml").write_text(manifest(
+            f'[modalities.rna]\nfile = "x.h5mu"\nformat = "h5mu"\n{mod}\n'), encoding="utf-8")
+        _, report = inspect_dataset(d)
+        (f,) = report.errors
+        assert f.file == "x.h5mu" and expected in f.message
 
 
-def test_h5ad_that_is_not_anndata_names_the_file(write_files):
-    d = write_files({"labels.csv": "patient_id,label\nP1,a\n", "dataset.toml": manifest(
-        '[modalities.mrna]\nfile = "x.h5ad"\nformat = "h5ad"\n'), "x.h5ad": "not hdf5"})
+def test_h5ad_duplicate_names_and_infinite_values_name_file_column_and_row(write_files):
+    d = write_files({"labels.csv": "patient_id,label\nP1,a\nP2,b\nP3,a\n", "dataset.toml": H5AD})
+    anndata(["P1", "P2", "P1"], ["g1", "g2", "g1"], np.ones((3, 3))).write_h5ad(d / "x.h5ad")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, report = inspect_dataset(d)
+    assert [str(w.message) for w in caught] == []
+    found = {(f.file, f.column, f.row) for f in report.errors}
+    assert found == {("x.h5ad", "obs", 3), ("x.h5ad", "var", 3)}
+    text = " ".join(errors(report))
+    assert "duplicate obs name 'P1'" in text and "duplicate var name 'g1'" in text
+    x = np.ones((3, 2))
+    x[1, 1] = np.inf
+    anndata(["P1", "P2", "P3"], ["g1", "g2"], x).write_h5ad(d / "x.h5ad")
     _, report = inspect_dataset(d)
     (f,) = report.errors
-    assert f.file == "x.h5ad" and "HDF5" in f.message
+    assert (f.file, f.column, f.row) == ("x.h5ad", "g2", 2) and "infinite" in f.message
+
+
+def test_h5mu_read_prints_no_scverse_warnings(write_files):
+    d = write_files({"labels.csv": "patient_id,label\nP1,a\nP2,b\n", "dataset.toml": manifest(
+        '[modalities.rna]\nfile = "x.h5mu"\nformat = "h5mu"\nmodality = "rna"\n')})
+    write_mudata(d / "x.h5mu", {"rna": anndata(["P1", "P2"], ["g1", "g1", "g3"], X)})
+    (d / "wrong.toml").write_text(manifest(
+        '[modalities.rna]\nfile = "x.h5mu"\nformat = "h5mu"\nmodality = "atac"\n'))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, report = inspect_dataset(d)
+        assert "duplicate var name 'g1'" in errors(report)[0]
+        (d / "wrong.toml").replace(d / "dataset.toml")
+        _, report = inspect_dataset(d)
+        assert "no modality mod/atac; modalities: 'rna'" in errors(report)[0]
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("fmt", ["h5ad", "h5mu"])
+def test_unreadable_file_is_a_finding_naming_it(write_files, fmt):
+    opts = 'modality = "rna"\n' if fmt == "h5mu" else ""
+    d = write_files({"labels.csv": "patient_id,label\nP1,a\nP2,b\n", "dataset.toml": manifest(
+        f'[modalities.rna]\nfile = "x.{fmt}"\nformat = "{fmt}"\n{opts}'), f"x.{fmt}": "text"})
+    _, report = inspect_dataset(d)
+    (f,) = report.errors
+    assert f.file == f"x.{fmt}" and "cannot read the file as" in f.message
+    assert "file signature not found" in f.message
+    # A file cut short in transfer: valid header, data missing.
+    if fmt == "h5mu":
+        write_mudata(d / "x.h5mu", {"rna": anndata(["P1", "P2"], ["g1", "g2", "g3"], X)})
+    else:
+        anndata(["P1", "P2"], ["g1", "g2", "g3"], X).write_h5ad(d / "x.h5ad")
+    whole = (d / f"x.{fmt}").read_bytes()
+    (d / f"x.{fmt}").write_bytes(whole[: len(whole) // 2])
+    _, report = inspect_dataset(d)
+    (f,) = report.errors
+    assert f.file == f"x.{fmt}" and "cannot read the file as" in f.message
+
+
+def test_h5ad_named_as_h5mu_says_so(write_files):
+    d = write_files({"labels.csv": "patient_id,label\nP1,a\nP2,b\n", "dataset.toml": manifest(
+        '[modalities.rna]\nfile = "x.h5ad"\nformat = "h5mu"\nmodality = "rna"\n')})
+    anndata(["P1", "P2"], ["g1", "g2", "g3"], X).write_h5ad(d / "x.h5ad")
+    _, report = inspect_dataset(d)
+    (f,) = report.errors
+    assert f.file == "x.h5ad" and "holds no MuData modalities" in f.message
 
 
 # --------------------------------------------------------------------- manifests

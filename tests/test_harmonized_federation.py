@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
+import anndata
 import numpy as np
+import pandas as pd
 import pytest
 from flwr.app import Context
+from scipy import sparse
 
 from common.config import ModelConfig, RunConfig
 from common.dataset.harmonization import shipped_gene_ids
@@ -74,29 +76,19 @@ def _star_hospital(root: Path) -> Path:
     return d
 
 
-def _strings(group, name: str, values: list[str]) -> None:
-    group.create_dataset(name, data=np.array(values, dtype=object), dtype=h5py.string_dtype())
-    group[name].attrs["encoding-type"] = "string-array"
-    group[name].attrs["encoding-version"] = "0.2.0"
-
-
 def _h5ad_hospital(root: Path) -> Path:
-    """AnnData on-disk layout; genes named ``SYMBOL_Entrez``; the last 10 % absent."""
+    """An AnnData file written by anndata; genes named ``SYMBOL_Entrez``; the last 10 %
+    absent; X sparse (as single-cell pipelines store it), raw counts in a layer."""
     d = root / "h5ad"
     d.mkdir()
     x, y = _cohort(2)
     keep = N_GENES - N_LACKING
     obs = [f"P{i:03d}" for i in range(PATIENTS)]
     var = [f"{s}_{e}" for s, e, _ in _genes()[:keep]]
-    with h5py.File(d / "cohort.h5ad", "w") as f:
-        f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
-        for key, names in (("obs", obs), ("var", var)):
-            g = f.create_group(key)
-            g.attrs["_index"] = "_index"
-            g.attrs["column-order"] = np.array([], dtype=object).astype(h5py.string_dtype())
-            g.attrs["encoding-type"], g.attrs["encoding-version"] = "dataframe", "0.2.0"
-            _strings(g, "_index", names)
-        f.create_dataset("X", data=x[:, :keep].astype(np.float32))
+    tpm = x[:, :keep].astype(np.float32)
+    anndata.AnnData(X=sparse.csr_matrix(tpm), obs=pd.DataFrame(index=obs),
+                    var=pd.DataFrame(index=var),
+                    layers={"counts": np.round(tpm * 10)}).write_h5ad(d / "cohort.h5ad")
     (d / "labels.csv").write_text("patient_id,label\n" + "".join(
         f"{p},{LABELS[c]}\n" for p, c in zip(obs, y, strict=True)), encoding="utf-8")
     (d / "dataset.toml").write_text(_manifest("h5ad", 'file = "cohort.h5ad"\nformat = "h5ad"\n'),

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from small_models import small_config
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -29,13 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GRADIENT_KINDS = ["mmt", "tabtransformer", "perceiver"]
 SIZES = {"rna": 7, "mirna": 3, "clinical": 4}
 LABELS = ["A", "B", "C"]
-
-
-def small_config(kind: str, **overrides) -> ModelConfig:
-    base = {"kind": kind, "d_model": 16, "n_heads": 2, "n_layers": 1, "tokens_per_modality": 2,
-            "perceiver_tokens_per_modality": 2, "perceiver_latents": 3, "dropout": 0.0,
-            "attention_dropout": 0.0, "modality_dropout": 0.0}
-    return ModelConfig(**{**base, **overrides})
 
 
 def small_model(kind: str, sizes: dict[str, int] = SIZES, seed: int = 0, **cfg) -> nn.Module:

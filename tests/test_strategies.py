@@ -922,6 +922,19 @@ def test_an_update_is_not_its_own_direction_reference():
     assert min(with_self) > 0.1
 
 
+@pytest.mark.parametrize("n", [2, 3, 4, 7, 12])
+def test_leave_one_out_medians_equal_the_median_of_the_other_updates(n):
+    from strategies.guard import leave_one_out_medians
+
+    rng = np.random.default_rng(n)
+    stack = rng.normal(size=(n, 300)).astype(np.float32)
+    stack[:, :100] = np.round(stack[:, :100])  # ties, some with the removed value itself
+    stack[:, 100:110] = 0.0
+    for i, median in enumerate(leave_one_out_medians(stack)):
+        np.testing.assert_allclose(median, np.median(np.delete(stack, i, axis=0), axis=0),
+                                   atol=1e-6)
+
+
 @pytest.mark.parametrize("attack", ["sign-flip", "noise"])
 def test_direction_check_rejects_sign_flipped_and_noise_updates_of_three_sites(attack):
     from server.monitoring import rejection_kind

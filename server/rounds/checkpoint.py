@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from common.atomic import write_with_atomic
+from common.atomic import write_torch_atomic
 from common.config import RunConfig
 from common.consortium_setup import ConsortiumSetup
 from common.preprocessing import Standardizer
@@ -158,16 +158,12 @@ def restore_strategy(strategy: Any, state: dict) -> None:
 
 def save_checkpoint(directory: Path, ckpt: Checkpoint) -> None:
     """Write the checkpoint (atomic replace), the global weights and a readable summary."""
-    import torch
-
     from common.bundle import write_json
     from server.outputs import per_site_epsilon
 
     directory.mkdir(parents=True, exist_ok=True)
-    write_with_atomic(directory / CHECKPOINT_FILE,
-                      lambda fh: torch.save(dataclasses.asdict(ckpt), fh))
-    write_with_atomic(directory / GLOBAL_WEIGHTS_FILE,
-                      lambda fh: torch.save(ckpt.global_state, fh))
+    write_torch_atomic(directory / CHECKPOINT_FILE, dataclasses.asdict(ckpt))
+    write_torch_atomic(directory / GLOBAL_WEIGHTS_FILE, ckpt.global_state)
     write_json(directory / SUMMARY_FILE, {
         "round": ckpt.round,
         "best_round": ckpt.best_round,

@@ -163,7 +163,7 @@ def _locally_private_consortium(grid: Grid, cfg: RunConfig,
     from common.centroid import CENTROID_KIND
     from common.losses import class_weights
     from server.rounds.distributed import class_prior
-    from server.rounds.local_dp import counts_of, local_noise_plan, noised_class_counts
+    from server.rounds.local_dp import local_noise_plan, noised_class_counts, values_of_units
 
     _check_private(list(described.values()), "local")
     schema = consortium_schema(list(described.values()))
@@ -176,9 +176,9 @@ def _locally_private_consortium(grid: Grid, cfg: RunConfig,
         reasons = "; ".join(f"{r['site']}: {r['reason']}" for r in released.failed)
         raise FederationError(f"class counts: {len(members)} sites released them, "
                               f"{cfg.min_sites} required" + (f" ({reasons})" if reasons else ""))
-    counts = counts_of(total[0])
+    counts = values_of_units(total[0])
     prior, patients = class_prior(counts)
-    site_patients = {members[node].site: max(1.0, float(np.sum(counts_of(vector[0]))))
+    site_patients = {members[node].site: max(1.0, float(np.sum(values_of_units(vector[0]))))
                      for node, vector in released.vectors.items()}
     setup = ConsortiumSetup(schema, Standardizer.for_each_patient(schema),
                             class_weights(np.maximum(counts, 1.0), cfg.train.class_weighting),
@@ -206,10 +206,9 @@ def _centred(grid: Grid, setup: ConsortiumSetup, plan: NoisePlan, nodes: list[in
 
     from flwr.app import ArrayRecord
 
-    from common.discrete_dp import integer_scale
     from common.patient_centre import centred_standardizer
     from common.protocol import CENTRE_TASK, RoundConfig, to_array
-    from server.rounds.local_dp import request_releases
+    from server.rounds.local_dp import request_releases, values_of_units
 
     stored = send_setup(grid, nodes, setup, timeout)
     features = sum(setup.schema.feature_counts().values())
@@ -220,7 +219,7 @@ def _centred(grid: Grid, setup: ConsortiumSetup, plan: NoisePlan, nodes: list[in
     total = released.total()
     if total is None:
         raise FederationError("feature centre: no site released its sum")
-    standardizer = centred_standardizer(setup.schema, total[0] / integer_scale(1.0),
+    standardizer = centred_standardizer(setup.schema, values_of_units(total[0]),
                                         patients)
     logger.info("feature centre from %d sites' noised sums", len(released.vectors))
     return replace(setup, standardizer=standardizer)

@@ -129,8 +129,8 @@ def noised_class_counts(grid: Grid, nodes: list[int], plan: NoisePlan, n_classes
     return request_releases(grid, nodes, placeholder, config, timeout)
 
 
-def counts_of(units: np.ndarray) -> np.ndarray:
-    """Counts from integer units (sensitivity 1)."""
+def values_of_units(units: np.ndarray) -> np.ndarray:
+    """Values from integer units at sensitivity 1: class counts, sums of unit vectors."""
     return np.asarray(units, dtype=np.float64) / integer_scale(1.0)
 
 
@@ -145,6 +145,6 @@ def noised_validation(grid: Grid, nodes: list[int], arrays: ArrayRecord, config:
     record = ConfigRecord({**dict(config), TASK: VALIDATE_TASK, SERVER_ROUND: server_round})
     releases = request_releases(grid, nodes, arrays, record, timeout)
     total = releases.total()
-    pooled = [] if total is None else [validation_reply(counts_of(total[0]), n_classes,
+    pooled = [] if total is None else [validation_reply(values_of_units(total[0]), n_classes,
                                                         request)]
     return [*releases.replies, *pooled]

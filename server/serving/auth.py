@@ -33,6 +33,9 @@ from server.serving.settings import AuthSettings, SettingsError
 
 MIN_HMAC_SECRET_BYTES = 32
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "role"]
+# Tokens whose signature was checked, kept per process; far more than the callers of one
+# service, small enough that clearing it now and then costs nothing.
+_VERIFIED_TOKENS = 4096
 
 
 class Role(StrEnum):
@@ -61,6 +64,7 @@ class TokenService:
 
     def __init__(self, cfg: AuthSettings) -> None:
         self.cfg = cfg
+        self._verified: dict[str, dict] = {}  # token -> claims with a valid signature
         alg = cfg.algorithm
         if alg not in jwt.algorithms.get_default_algorithms() or alg == "none":
             raise SettingsError(f"JWT algorithm {alg!r} is not supported")
@@ -105,12 +109,38 @@ class TokenService:
         return jwt.encode(claims, self._sign_key, algorithm=self.cfg.algorithm)
 
     def verify(self, token: str, now: float | None = None) -> Principal:
-        """The token's principal; :class:`AuthError` with the reason otherwise."""
+        """The token's principal; :class:`AuthError` with the reason otherwise.
+
+        A token's signature, audience and issuer are checked once and the claims kept
+        (a client sends the same token with every request); its times and claims are
+        checked on every call.
+        """
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._decode(token)
+            if len(self._verified) >= _VERIFIED_TOKENS:
+                self._verified.clear()  # bounded: a flood of tokens costs a re-check, no memory
+            self._verified[token] = claims
+        self._check_lifetime(claims, time.time() if now is None else now)
         try:
-            claims = jwt.decode(
+            role = Role(claims["role"])
+        except ValueError as exc:
+            raise AuthError(f"unknown role {claims['role']!r}") from exc
+        if not isinstance(claims["sub"], str) or not claims["sub"]:
+            raise AuthError("token subject is empty")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise AuthError("token lacks the 'jti' claim")
+        return Principal(claims["sub"], role, jti)
+
+    def _decode(self, token: str) -> dict:
+        """The claims of a token whose signature, audience, issuer and required claims
+        are valid; :class:`AuthError` otherwise."""
+        try:
+            return jwt.decode(
                 token, self._verify_key, algorithms=[self.cfg.algorithm],
                 audience=self.cfg.audience, issuer=self.cfg.issuer,
-                # Times are checked below against one clock: exp exactly, iat/nbf with skew.
+                # Times are checked in verify against one clock: exp exactly, iat/nbf with skew.
                 options={"require": _REQUIRED_CLAIMS, "verify_exp": False,
                          "verify_iat": False, "verify_nbf": False},
             )
@@ -124,17 +154,6 @@ class TokenService:
             raise AuthError("token signature is invalid") from exc
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token ({exc.__class__.__name__})") from exc
-        self._check_lifetime(claims, time.time() if now is None else now)
-        try:
-            role = Role(claims["role"])
-        except ValueError as exc:
-            raise AuthError(f"unknown role {claims['role']!r}") from exc
-        if not isinstance(claims["sub"], str) or not claims["sub"]:
-            raise AuthError("token subject is empty")
-        jti = claims.get("jti")
-        if not isinstance(jti, str) or not jti:
-            raise AuthError("token lacks the 'jti' claim")
-        return Principal(claims["sub"], role, jti)
 
     def _check_lifetime(self, claims: dict, now: float) -> None:
         exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])

@@ -1,7 +1,7 @@
 """The file formats a modality can be read from, and the manifest keys each accepts.
 
 Pure data (no readers imported), so manifest parsing can validate a modality's keys
-without loading pandas or h5py. The reader of format ``NAME`` is the module
+without loading pandas or anndata. The reader of format ``NAME`` is the module
 ``common.dataset.formats.<MODULES[NAME]>``, whose ``read_matrix`` returns a
 :class:`~common.dataset.formats.matrix.Matrix`.
 """

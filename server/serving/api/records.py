@@ -3,6 +3,7 @@ entry (caller, model, request id; never patient values) and the prediction count
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
@@ -12,13 +13,28 @@ from fastapi import Request
 from server.serving import schemas as s
 from server.serving.audit_log import Entry, entry
 from server.serving.auth import Principal
-from server.serving.predictor import PatientResult, Predictor
+from server.serving.predictor import PatientResult, Predictor, ServedModel
 from server.serving.prometheus import ServingMetrics
 
 
 def model_ref(predictor: Predictor) -> s.ModelRef:
     """The served model, as every answer names it."""
-    return s.ModelRef(**asdict(predictor.identity))
+    return _model_ref_of(predictor.identity)
+
+
+@functools.lru_cache(maxsize=16)
+def _model_ref_of(identity: ServedModel) -> s.ModelRef:
+    return s.ModelRef(**asdict(identity))  # one per model, not one per request
+
+
+def prediction_of(result: PatientResult) -> s.Prediction:
+    """A patient's result as answered. Built without validation: the predictor made
+    every field with its declared type, and validating ~10 values per patient again
+    costs more than the forward pass of a small model."""
+    return s.Prediction.model_construct(
+        patient_id=result.patient_id, label=result.label,
+        probabilities=result.probabilities, modalities_used=result.modalities_used,
+        modalities_missing=result.modalities_missing)
 
 
 def audit_entry(request: Request, who: Principal, predictor: Predictor, action: str,

@@ -20,7 +20,12 @@ from server.serving.api.deps import (
     Researcher,
     SettingsDep,
 )
-from server.serving.api.records import audit_entry, count_predictions, model_ref
+from server.serving.api.records import (
+    audit_entry,
+    count_predictions,
+    model_ref,
+    prediction_of,
+)
 from server.serving.predictor import InputError
 
 router = APIRouter(prefix="/v1", tags=["prediction"])
@@ -51,7 +56,7 @@ async def explain_endpoint(request: Request, who: Researcher, predictor: Predict
     count_predictions(prometheus, predictor, [result])
     return json_response(s.ExplainResponse(
         request_id=request.state.request_id, model=model_ref(predictor),
-        prediction=s.Prediction(**asdict(result)), target=exp.target,
+        prediction=prediction_of(result), target=exp.target,
         target_probability=exp.target_probability,
         baseline_probability=exp.baseline_probability,
         convergence_delta=exp.convergence_delta, steps=exp.steps,

@@ -4,8 +4,6 @@ writes their audit records."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
@@ -26,7 +24,12 @@ from server.serving.api.deps import (
     Researcher,
     SettingsDep,
 )
-from server.serving.api.records import audit_entry, count_predictions, model_ref
+from server.serving.api.records import (
+    audit_entry,
+    count_predictions,
+    model_ref,
+    prediction_of,
+)
 from server.serving.api.uploads import read_csv_upload
 
 router = APIRouter(prefix="/v1", tags=["prediction"])
@@ -55,7 +58,7 @@ async def predict(request: Request, who: Researcher, predictor: PredictorDep,
     count_predictions(prometheus, predictor, results)
     return json_response(s.PredictResponse(request_id=request.state.request_id,
                                            model=model_ref(predictor),
-                                           prediction=s.Prediction(**asdict(results[0]))))
+                                           prediction=prediction_of(results[0])))
 
 
 @router.post("/predict/batch", response_model=s.BatchPredictResponse, responses=INPUT_PROBLEMS,
@@ -85,4 +88,4 @@ async def predict_batch(request: Request, who: Researcher, predictor: PredictorD
     count_predictions(prometheus, predictor, results)
     return json_response(s.BatchPredictResponse(
         request_id=request.state.request_id, model=model_ref(predictor),
-        predictions=[s.Prediction(**asdict(r)) for r in results], warnings=warnings))
+        predictions=[prediction_of(r) for r in results], warnings=warnings))
