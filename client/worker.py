@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from client.worker_profile import PhaseClock, TaskProfiler
+from client.worker_profile import TaskProfiler
+from common.phase_clock import PhaseClock
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from client import launcher, worker, worker_profile, worker_transfer
-from common import flower_pacing
+from common import flower_pacing, phase_clock
 
 
 def test_supernode_waits_are_short_after_a_message_and_grow_back_to_flowers(monkeypatch):
@@ -107,14 +107,14 @@ def test_task_input_is_pulled_with_the_short_backoff(monkeypatch, task_identity)
 
 
 def test_phases_are_logged_and_read_back():
-    clock = worker_profile.PhaseClock()
+    clock = phase_clock.PhaseClock()
     clock.lap("pull")
     clock.lap("clientapp")
     clock.lap("pull")  # a phase met twice adds up
-    phases = worker_profile.parse_phases(str(clock))
+    phases = phase_clock.parse_phases(str(clock))
     assert list(phases) == ["pull", "clientapp"]
     assert phases["pull"] == pytest.approx(clock.phases["pull"], abs=1e-3)
-    assert worker_profile.parse_phases("push reply 0.250, load app 0.001") == {
+    assert phase_clock.parse_phases("push reply 0.250, load app 0.001") == {
         "push reply": 0.25, "load app": 0.001}
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from common.phase_clock import PhaseClock
 from server.report import figures
 from server.report.explanations import Explanations, explain_classes
 from server.report.fairness import (
@@ -77,7 +78,7 @@ def build_content(run_dir: Path, settings: ReportSettings = ReportSettings()) ->
     from server.report.inspection import inspect_model
 
     started = time.perf_counter()
-    clock = _Stopwatch()
+    clock = PhaseClock()
     run = load_run(run_dir)
     clock.lap("load run and test split")
     records, test = run.records, run.test
@@ -120,23 +121,12 @@ def build_content(run_dir: Path, settings: ReportSettings = ReportSettings()) ->
     if not settings.umap:
         content.notes.append(UMAP_SKIPPED)
     content.seconds = time.perf_counter() - started
-    content.timings = clock.laps
+    content.timings = clock.phases
     return content
 
 
-class _Stopwatch:
-    def __init__(self) -> None:
-        self.laps: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.laps[name] = now - self._last
-        self._last = now
-
-
 def _add_figures(content: ReportContent, run: LoadedRun, outputs: Any,
-                 settings: ReportSettings, clock: _Stopwatch) -> None:
+                 settings: ReportSettings, clock: PhaseClock) -> None:
     labels = content.label_names
     figs = content.figures
     if content.sites:

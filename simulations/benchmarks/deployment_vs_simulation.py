@@ -56,9 +56,9 @@ from pathlib import Path
 
 from client.worker import DEFAULT_POLL_INTERVAL as WORKER_POLL_INTERVAL
 from client.worker import TASK_PHASES
-from client.worker_profile import parse_phases
 from common import flower_pacing
 from common.config import ModelConfig, RunConfig
+from common.phase_clock import parse_phases
 
 REPO = Path(__file__).resolve().parents[2]
 PY = sys.executable
