@@ -141,8 +141,7 @@ def _model_release(site: Site, rc: RoundConfig, cfg: RunConfig, plan: NoisePlan,
     if isinstance(model, CentroidClassifier):
         sums, _ = centroid_sums(model, x, mask, y, plan, rc.server_round, in_units=True)
         # Coordinates of one patient's row: the projection's, or one per feature.
-        round_two = not (plan.centre_round and rc.server_round == 1)
-        dims = (plan.projection if round_two and plan.projection else x.shape[1])
+        dims = plan.projection or x.shape[1]
         return [_noised(v, plan.round_noise(rc.server_round), rounded_sensitivity(dims), plan,
                         privacy) for v in flatten_in_order(sums, state)]
     log_prior = torch.as_tensor(np.log(setup.class_prior), dtype=torch.float32, device=device)
@@ -168,14 +167,16 @@ def centroid_sums(model: Any, x: Any, mask: Any, y: Any, plan: NoisePlan,
                   server_round: int, *, in_units: bool = False) -> tuple[dict[str, Any], float]:
     """The class-centroid model's sums by state name, and their sensitivity: round 1 the
     patients' feature vectors (norm <= 1), round 2 each class's clipped deviations; with
-    the plan's projection, the deviations projected and clipped again, in the first
-    columns of the weight's shape (the rest is 0). ``in_units``: every patient's row in
-    rounded integer units (:func:`common.discrete_dp.to_units`) before the sum."""
+    the plan's projection, both projected and clipped again (:func:`projected_rows`), in
+    the first columns of the state's shape (the rest is 0). ``in_units``: every patient's
+    row in rounded integer units (:func:`common.discrete_dp.to_units`) before the sum."""
     import torch
 
-    from common.centroid import clip_rows, projection_matrix
+    from common.centroid import projected_rows
 
     def units(rows: Any, sensitivity: float) -> Any:
+        if plan.projection:
+            rows = projected_rows(rows, plan.projection, plan.projection_seed, sensitivity)
         if not in_units:
             return rows
         return torch.from_numpy(to_units(rows.cpu().numpy(), sensitivity)).to(rows.device)
@@ -184,14 +185,8 @@ def centroid_sums(model: Any, x: Any, mask: Any, y: Any, plan: NoisePlan,
         if plan.centre_round and server_round == 1:
             return {"centre": units(model.patient_vectors(x, mask), 1.0).sum(dim=0)}, 1.0
         model.radius.fill_(plan.clip)
-        deviations = model.deviations(x, mask)
-        if plan.projection:
-            p = torch.from_numpy(projection_matrix(plan.projection, deviations.shape[1],
-                                                   plan.projection_seed)).to(x.dtype)
-            projected = torch.zeros_like(deviations)
-            projected[:, :plan.projection] = clip_rows(deviations @ p.T, plan.clip)
-            deviations = projected
-        deviations = units(deviations, plan.clip)
+        model.projection.copy_(torch.tensor([plan.projection, plan.projection_seed]))
+        deviations = units(model.deviations(x, mask), plan.clip)
         onehot = torch.nn.functional.one_hot(y, model.spec.n_classes).to(deviations.dtype)
         return {"head.weight": onehot.T @ deviations}, plan.clip
 

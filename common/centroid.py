@@ -16,11 +16,15 @@ centroid towards the centre by the share of its energy the noise explains
 (:func:`fit_centroids`, James-Stein), so a rare class, whose centroid carries more noise,
 neither wins nor loses every patient by chance.
 
-When the noise would swamp the rarest class's centroid in the full feature space, the
-class sums are released in a seeded random projection of few dimensions instead
+When the noise would swamp the rarest class's centroid in the full feature space, both
+sums are released in a seeded random projection ``P`` of few dimensions instead
 (:func:`projection_for`, Johnson-Lindenstrauss): the noise's energy scales with the
-number of dimensions, the centroids' distances barely change. The coordinator maps the
-projected centroids back (``W = M P``), so the model keeps one weight per feature.
+number of dimensions, the centroids' distances barely change. The centre too: at a small
+epsilon its noise over every feature would be longer than the clipping radius, and every
+patient's deviation would be mostly the centre's error. The model then measures and clips
+a deviation ``d`` by its projected length ``||P d||``, and the coordinator maps the
+projected centre and centroids back (``P^+ c``, ``W = M P``), so the model keeps one
+weight per feature and ``W . clip(d) = M . clip(P d)``.
 
 ``z`` gives every modality the same weight: each modality's per-patient standardized
 features (mean 0, variance 1 over the patient's own values) are scaled to norm
@@ -48,9 +52,11 @@ __all__ = [
     "CENTROID_KIND",
     "CentroidClassifier",
     "build_centroid",
+    "centre_from_sum",
     "centroid_weights",
     "clip_rows",
     "fit_centroids",
+    "projected_rows",
     "projection_for",
     "projection_matrix",
 ]
@@ -61,7 +67,9 @@ class CentroidClassifier(nn.Module):
     ``[B, sum F_m]`` standardized per patient, ``mask`` ``[B, M]``; returns logits.
 
     State: ``head`` (class centroids and biases), and the buffers ``centre`` (the
-    consortium's mean ``z``) and ``radius`` (the clipping radius of deviations).
+    consortium's mean ``z``), ``radius`` (the clipping radius of deviations) and
+    ``projection`` (``[dimensions, seed]`` of :func:`projection_matrix`; 0 dimensions:
+    none).
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -80,6 +88,8 @@ class CentroidClassifier(nn.Module):
             torch.arange(len(self.sizes)), torch.tensor(self.sizes)), persistent=False)
         self.register_buffer("centre", torch.zeros(n_features))
         self.register_buffer("radius", torch.full((1,), CENTROID_RADIUS))
+        self.register_buffer("projection", torch.zeros(2, dtype=torch.int64))
+        self._matrix: tuple[tuple[int, int], torch.Tensor | None] = ((0, 0), None)
         # What reports and explanations read of every model kind: no attention blocks,
         # one "token" per modality.
         self.blocks = nn.ModuleList()
@@ -90,10 +100,29 @@ class CentroidClassifier(nn.Module):
         return self._vectors(x, self._present(x, mask))
 
     def deviations(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``clip(z - centre, radius)``, with no deviation in a missing modality."""
+        """``clip(z - centre, radius)``, with no deviation in a missing modality; with a
+        projection ``P``, clipped by the projected length ``||P (z - centre)||``."""
         present = self._present(x, mask)
         u = (self._vectors(x, present) - self.centre) * present
-        return clip_rows(u, float(self.radius))
+        p = self.projection_rows()
+        lengths = (u @ p.T if p is not None else u).norm(dim=1, keepdim=True)
+        return u * (float(self.radius) / lengths.clamp(min=1e-12)).clamp(max=1.0)
+
+    def projection_rows(self) -> torch.Tensor | None:
+        """``P`` ``[dimensions, F]`` of the model's projection, or None."""
+        dims, seed = (int(v) for v in self.projection)
+        if dims == 0:
+            return None
+        if self._matrix[0] != (dims, seed):
+            matrix = projection_matrix(dims, self.centre.shape[0], seed)
+            self._matrix = ((dims, seed), torch.from_numpy(matrix))
+        return self._matrix[1].to(self.centre)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object,
+                              **kwargs: object) -> None:
+        # Bundles written before the projection was part of the state are unprojected.
+        state_dict.setdefault(prefix + "projection", torch.zeros(2, dtype=torch.int64))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _present(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``[B, F]``: 1 where the feature's modality is present."""
@@ -169,6 +198,27 @@ def projection_matrix(dims: int, n_features: int, seed: int) -> np.ndarray:
     alone (data-independent), the same at every site and at the coordinator."""
     rng = np.random.default_rng([seed, dims, n_features])
     return rng.standard_normal((dims, n_features)) / math.sqrt(dims)
+
+
+def projected_rows(rows: torch.Tensor, dims: int, seed: int, bound: float) -> torch.Tensor:
+    """``rows`` ``[B, F]`` projected by ``P`` and clipped to ``bound`` (the sensitivity
+    survives the projection), in the first ``dims`` columns of a ``[B, F]`` tensor."""
+    p = torch.from_numpy(projection_matrix(dims, rows.shape[1], seed)).to(rows.dtype)
+    out = torch.zeros_like(rows)
+    out[:, :dims] = clip_rows(rows @ p.T, bound)
+    return out
+
+
+def centre_from_sum(released: np.ndarray, patients: float, projection: int = 0,
+                    seed: int = 0) -> np.ndarray:
+    """The model's centre from the noised sum of feature vectors over ``patients``; with a
+    projection of ``k`` dimensions the sum is in the first ``k`` entries and the centre
+    is the shortest ``c`` with ``P c`` equal to their mean (``P^T (P P^T)^-1``)."""
+    mean = np.asarray(released, dtype=np.float64) / patients
+    if not projection:
+        return mean
+    p = projection_matrix(projection, mean.shape[0], seed)
+    return p.T @ np.linalg.solve(p @ p.T, mean[:projection])
 
 
 def centroid_weights(class_sums: np.ndarray, class_counts: np.ndarray, noise_std: float,

@@ -249,3 +249,71 @@ def test_centroid_bundle_round_trips_and_predicts_without_a_modality(tmp_path: P
     without.mask[:, 0] = False
     proba = bundle.predict_proba(without)
     assert np.isfinite(proba).all()
+
+
+def test_projected_centre_is_released_in_the_projection_and_mapped_back(data):
+    from dataclasses import replace
+
+    from client.distributed_round import centroid_sums
+    from common.centroid import centre_from_sum, clip_rows, projection_matrix
+
+    model = _model(data.schema)
+    x, mask, y = _inputs(data)
+    n_features = model.centre.shape[0]
+    k, seed = 3, 11
+    plan = replace(NoisePlan.calibrate(1.0, 1e-5, 2, CENTROID_RADIUS, 3, centre_round=True),
+                   projection=k, projection_seed=seed)
+    first, sensitivity = centroid_sums(model, x, mask, y, plan, 1)
+    released = first["centre"].double().numpy()
+    assert sensitivity == 1.0 and (released[k:] == 0).all()
+    p = projection_matrix(k, n_features, seed)
+    rows = clip_rows(model.patient_vectors(x, mask).double() @ torch.from_numpy(p).T, 1.0)
+    assert float(rows.norm(dim=1).max()) <= 1.0 + 1e-9  # the sensitivity survives
+    np.testing.assert_allclose(released[:k], rows.sum(dim=0).numpy(), rtol=1e-5)
+    centre = centre_from_sum(released, len(y), k, seed)
+    np.testing.assert_allclose(p @ centre, released[:k] / len(y), atol=1e-9)
+    np.testing.assert_allclose(p @ centre, rows.mean(dim=0).numpy(), rtol=1e-5)
+    # Unprojected: the plain mean.
+    np.testing.assert_allclose(centre_from_sum(released, 4.0), released / 4.0)
+
+
+def test_projected_model_clips_and_scores_in_the_projection(tmp_path: Path, data):
+    from common.bundle import load_bundle, save_bundle
+    from common.centroid import centroid_weights, clip_rows, projection_matrix
+
+    model = _model(data.schema)
+    x, mask, y = _inputs(data)
+    n_features, k, seed = model.centre.shape[0], 3, 4
+    p = torch.from_numpy(projection_matrix(k, n_features, seed)).float()
+    with torch.no_grad():
+        model.centre.copy_(model.patient_vectors(x, mask).mean(dim=0))
+        model.radius.fill_(0.05)  # small enough that the clip binds
+        unprojected = model.deviations(x, mask)
+        model.projection.copy_(torch.tensor([k, seed]))
+        u = model.deviations(x, mask)
+        raw = (model.patient_vectors(x, mask) - model.centre) * model._present(x, mask)
+        # Clipped by the projected length, not the full one.
+        np.testing.assert_allclose((u @ p.T).numpy(), clip_rows(raw @ p.T, 0.05).numpy(),
+                                   atol=1e-6)
+        assert not torch.allclose(u, unprojected)
+        projected = np.zeros((data.schema.n_classes, n_features))
+        for c in range(data.schema.n_classes):
+            projected[c, :k] = (u @ p.T)[y == c].sum(dim=0).numpy()
+        weight, bias = centroid_weights(projected, np.bincount(y.numpy()), 0.0, k, seed)
+        model.head.weight.copy_(torch.from_numpy(weight))
+        model.head.bias.copy_(torch.from_numpy(bias))
+        logits = model(x, mask)
+        centroids = weight @ np.linalg.pinv(p.double().numpy())  # M from W = M P
+        expected = (u @ p.T).double().numpy() @ centroids.T + bias
+        np.testing.assert_allclose(logits.double().numpy(), expected, atol=1e-4)
+    standardizer = Standardizer.for_each_patient(data.schema)
+    directory = save_bundle(tmp_path / "model", model_config=model.spec.config,
+                            schema=data.schema, standardizer=standardizer,
+                            state_dict=model.state_dict(), lineage={})
+    np.testing.assert_allclose(load_bundle(directory).predict_proba(data),
+                               torch.softmax(logits, dim=1).numpy(), atol=1e-6)
+    # A state written before the projection was stored loads as unprojected.
+    older = {key: v for key, v in model.state_dict().items() if key != "projection"}
+    fresh = _model(data.schema)
+    fresh.load_state_dict(older)
+    assert int(fresh.projection[0]) == 0

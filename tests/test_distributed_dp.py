@@ -271,3 +271,30 @@ def test_distributed_run_accounts_every_release(distributed_run):
     # Only the final model is validated, and it is the run's model.
     assert [r.get("val") is not None for r in metrics["rounds"]] == [False, True]
     assert metrics["best_round"] == 2
+
+
+@pytest.mark.e2e
+def test_low_epsilon_run_releases_both_centroid_sums_in_the_projection(bundled_dir_module,
+                                                                       tmp_path: Path):
+    """At epsilon 1 the noise would swamp BRCA's rarest class in 720 features: the centre
+    and the class sums travel in the seeded projection, and the bundle scores there."""
+    from common.bundle import load_bundle
+    from common.centroid import projection_matrix
+    from common.dataset import load_dataset
+    from simulations.runner import simulate
+
+    out = tmp_path / "run"
+    cfg = RunConfig.preset("distributed", data=str(bundled_dir_module("brca")),
+                           partition="iid", sites=3, epsilon=1.0, seed=4, out=str(out))
+    out = simulate(cfg, compare=False, show_progress=False)
+    plan = NoisePlan(**json.loads((out / "metrics.json").read_text())["distributed_dp"]
+                     ["noise_plan"])
+    assert (plan.projection, plan.projection_seed) == (32, 4)
+    state = torch.load(out / "model" / "weights.pt")
+    assert [int(v) for v in state["projection"]] == [32, 4]
+    p = projection_matrix(32, state["centre"].shape[0], 4)
+    centre = state["centre"].double().numpy()
+    # The shortest centre with the released projected mean: it lies in P's row space.
+    np.testing.assert_allclose(p.T @ np.linalg.solve(p @ p.T, p @ centre), centre, atol=1e-6)
+    proba = load_bundle(out / "model").predict_proba(load_dataset(bundled_dir_module("brca")))
+    assert np.isfinite(proba).all() and len(set(proba.argmax(axis=1))) >= 3

@@ -30,7 +30,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
-from common.centroid import CENTROID_KIND, centroid_weights, projection_for
+from common.centroid import (
+    CENTROID_KIND,
+    centre_from_sum,
+    centroid_weights,
+    projection_for,
+)
 from common.config import RunConfig, TrainConfig
 from common.discrete_dp import integer_scale
 from common.distributed_dp import DEFAULT_DELTA, NoisePlan
@@ -119,8 +124,10 @@ class CentroidFit:
         if len(sums) != len(state):
             raise ValueError(f"noised sum has {len(sums)} tensors, the model {len(state)}")
         released = dict(zip(state, sums, strict=True))
+        state["projection"] = np.array([self.plan.projection, self.plan.projection_seed])
         if self.plan.centre_round and server_round == 1:
-            state["centre"] = released["centre"].reshape(state["centre"].shape) / self.patients
+            state["centre"] = centre_from_sum(released["centre"].ravel(), self.patients,
+                                              self.plan.projection, self.plan.projection_seed)
         else:
             weight = released["head.weight"].reshape(state["head.weight"].shape)
             # ``sites`` shares, each sized so that ``min_sites`` of them make the plan's noise.
@@ -180,8 +187,9 @@ class DistributedRun:
             if k and not plan.projection:
                 plan = replace(plan, projection=k, projection_seed=cfg.seed)
                 outcome_record["noise_plan"] = plan.to_dict()
-                logger.info("class sums in a %d-dimensional random projection (the noise "
-                            "would swamp the rarest class in %d features)", k, n_features)
+                logger.info("centre and class sums in a %d-dimensional random projection "
+                            "(the noise would swamp the rarest class in %d features)",
+                            k, n_features)
             centroids = CentroidFit(plan, counts, patients)
         return cls(plan, patients, n_classes, cfg.train, centroids)
 

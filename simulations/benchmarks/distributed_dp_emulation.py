@@ -11,9 +11,9 @@ Flower messaging, which does not change the numbers, and reports the last round'
 on the pooled validation split (what a run may choose by) and on the held-out test split.
 
 ``--model centroid`` emulates the class-centroid model's two releases instead
-(:mod:`common.centroid`: the centre, then the class sums of clipped deviations, in a
+(:mod:`common.centroid`: the centre, then the class sums of clipped deviations, both in a
 random projection when the product's rule chooses one) with the product's
-``centroid_sums``, ``projection_for`` and ``centroid_weights``.
+``centroid_sums``, ``projection_for``, ``centre_from_sum`` and ``centroid_weights``.
 
     python -m simulations.benchmarks.distributed_dp_emulation --epsilons 1 3 8 inf \
         --seeds 0 1 2 --model mmt centroid
@@ -86,7 +86,12 @@ def run_centroid(seed: int, epsilon: float, *, radius: float) -> dict:
     import torch
 
     from client.distributed_round import centroid_sums
-    from common.centroid import CentroidClassifier, centroid_weights, projection_for
+    from common.centroid import (
+        CentroidClassifier,
+        centre_from_sum,
+        centroid_weights,
+        projection_for,
+    )
     from common.config import ModelConfig
     from common.distributed_dp import NoisePlan
     from common.model import ModelSpec
@@ -97,13 +102,13 @@ def run_centroid(seed: int, epsilon: float, *, radius: float) -> dict:
     counts = fed.noised_counts(plan)
     model = CentroidClassifier(ModelSpec.for_schema(ModelConfig(), fed.schema))
     exact = plan or NoisePlan(1.0, 1e-5, 2, radius, 1, 1.0, 1.0, 1.0, centre_noise=1.0)
+    noise_std = plan.round_noise(2) * radius if plan else 0.0
+    k = projection_for(model.centre.shape[0], noise_std, counts, radius)
+    exact = replace(exact, projection=k, projection_seed=seed)
     with torch.no_grad():
         centre = sum(centroid_sums(model, *s, exact, 1)[0]["centre"] for s in fed.sites)
         centre = centre.numpy() + fed.noise(plan, 1, 1.0, centre.shape)
-        model.centre.copy_(torch.from_numpy(centre / counts.sum()))
-        noise_std = plan.round_noise(2) * radius if plan else 0.0
-        k = projection_for(model.centre.shape[0], noise_std, counts, radius)
-        exact = replace(exact, projection=k, projection_seed=seed)
+        model.centre.copy_(torch.from_numpy(centre_from_sum(centre, counts.sum(), k, seed)))
         sums = sum(centroid_sums(model, *s, exact, 2)[0]["head.weight"] for s in fed.sites)
         sums = sums.numpy() + fed.noise(plan, 2, radius, sums.shape)
         weight, bias = centroid_weights(sums, counts, noise_std, k, seed)
