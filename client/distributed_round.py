@@ -175,17 +175,18 @@ def centroid_sums(model: Any, x: Any, mask: Any, y: Any, plan: NoisePlan,
     from common.centroid import projected_rows
 
     def units(rows: Any, sensitivity: float) -> Any:
-        if plan.projection:
-            rows = projected_rows(rows, plan.projection, plan.projection_seed, sensitivity)
+        if projection is not None:
+            rows = projected_rows(rows, projection, sensitivity)
         if not in_units:
             return rows
         return torch.from_numpy(to_units(rows.cpu().numpy(), sensitivity)).to(rows.device)
 
     with torch.no_grad():
+        model.projection.copy_(torch.tensor([plan.projection, plan.projection_seed]))
+        projection = model.projection_rows()
         if plan.centre_round and server_round == 1:
             return {"centre": units(model.patient_vectors(x, mask), 1.0).sum(dim=0)}, 1.0
         model.radius.fill_(plan.clip)
-        model.projection.copy_(torch.tensor([plan.projection, plan.projection_seed]))
         deviations = units(model.deviations(x, mask), plan.clip)
         onehot = torch.nn.functional.one_hot(y, model.spec.n_classes).to(deviations.dtype)
         return {"head.weight": onehot.T @ deviations}, plan.clip

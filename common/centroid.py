@@ -104,9 +104,7 @@ class CentroidClassifier(nn.Module):
         projection ``P``, clipped by the projected length ``||P (z - centre)||``."""
         present = self._present(x, mask)
         u = (self._vectors(x, present) - self.centre) * present
-        p = self.projection_rows()
-        lengths = (u @ p.T if p is not None else u).norm(dim=1, keepdim=True)
-        return u * (float(self.radius) / lengths.clamp(min=1e-12)).clamp(max=1.0)
+        return clip_rows(u, float(self.radius), self.projection_rows())
 
     def projection_rows(self) -> torch.Tensor | None:
         """``P`` ``[dimensions, F]`` of the model's projection, or None."""
@@ -152,9 +150,11 @@ class CentroidClassifier(nn.Module):
         return {m: float(p) / total for m, p in zip(self.modalities, parts, strict=True)}
 
 
-def clip_rows(v: torch.Tensor, bound: float) -> torch.Tensor:
-    """Each row of ``v`` scaled down to L2 norm at most ``bound``."""
-    norms = v.norm(dim=1, keepdim=True)
+def clip_rows(v: torch.Tensor, bound: float, projection: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """Each row of ``v`` scaled down to L2 norm at most ``bound``; with a ``projection``
+    ``P``, scaled down until its projected length ``||P v||`` is at most ``bound``."""
+    norms = (v if projection is None else v @ projection.T).norm(dim=1, keepdim=True)
     return v * (bound / norms.clamp(min=1e-12)).clamp(max=1.0)
 
 
@@ -200,12 +200,13 @@ def projection_matrix(dims: int, n_features: int, seed: int) -> np.ndarray:
     return rng.standard_normal((dims, n_features)) / math.sqrt(dims)
 
 
-def projected_rows(rows: torch.Tensor, dims: int, seed: int, bound: float) -> torch.Tensor:
-    """``rows`` ``[B, F]`` projected by ``P`` and clipped to ``bound`` (the sensitivity
-    survives the projection), in the first ``dims`` columns of a ``[B, F]`` tensor."""
-    p = torch.from_numpy(projection_matrix(dims, rows.shape[1], seed)).to(rows.dtype)
+def projected_rows(rows: torch.Tensor, projection: torch.Tensor, bound: float
+                   ) -> torch.Tensor:
+    """``rows`` ``[B, F]`` projected by ``P`` ``[k, F]`` and clipped to ``bound`` (the
+    sensitivity survives the projection), in the first ``k`` columns of a ``[B, F]``
+    tensor."""
     out = torch.zeros_like(rows)
-    out[:, :dims] = clip_rows(rows @ p.T, bound)
+    out[:, :projection.shape[0]] = clip_rows(rows @ projection.T, bound)
     return out
 
 
