@@ -102,6 +102,9 @@ class ModelConfig(_Section):
     # Probability of hiding a whole modality from a patient during training, so the
     # model learns to predict when a hospital or test split lacks one.
     modality_dropout: float = 0.15
+    # mmt: add to the transformer's logits a path linear in the patient's features (a
+    # "wide" path beside the deep one): the best plain baseline on omics is often linear.
+    linear_path: bool = False
     # tabtransformer: comma-separated modalities whose columns become one embedded token
     # each (clinical, one-hot categorical columns); other modalities take the continuous
     # path. Modalities the data lack are ignored.

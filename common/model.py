@@ -126,6 +126,16 @@ def split_mask(mask: torch.Tensor, n_modalities: int) -> tuple[torch.Tensor, tor
     return present, mask[:, n_modalities:] > 0.5
 
 
+def zero_linear(n_in: int, n_out: int) -> nn.Linear:
+    """An ``nn.Linear`` without bias whose weights are zero, made without drawing from the
+    global random stream: a model with it starts as, and draws every other weight as, the
+    model without it."""
+    with torch.random.fork_rng(devices=[]):
+        layer = nn.Linear(n_in, n_out, bias=False)
+    nn.init.zeros_(layer.weight)
+    return layer
+
+
 class AbsentFeatures(nn.Module):
     """A learned ``d_model`` vector per feature, summed over the features a patient lacks.
 
@@ -136,11 +146,7 @@ class AbsentFeatures(nn.Module):
 
     def __init__(self, n_features: int, d_model: int) -> None:
         super().__init__()
-        # Leave the global random stream untouched, so every other weight is initialized
-        # as in a model without absence embeddings.
-        with torch.random.fork_rng(devices=[]):
-            self.embedding = nn.Linear(n_features, d_model, bias=False)
-        nn.init.zeros_(self.embedding.weight)
+        self.embedding = zero_linear(n_features, d_model)
 
     def forward(self, absent: torch.Tensor) -> torch.Tensor:
         """``[B, d_model]`` from ``absent`` ``[B, F]`` (1 = the patient lacks the feature)."""
@@ -249,6 +255,8 @@ class MultiModalTransformer(ModalityWeighting, FeatureMasking, nn.Module):
         self.modality_logit = nn.Embedding(len(self.modalities), 1)
         nn.init.zeros_(self.modality_logit.weight)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(cfg.d_model, spec.n_classes))
+        self.linear_path = (LinearPath(sum(self.sizes), spec.n_classes)
+                            if cfg.linear_path else None)
         token_modality = torch.repeat_interleave(
             torch.arange(len(self.modalities)), torch.tensor(self.tokens)
         )
@@ -278,7 +286,24 @@ class MultiModalTransformer(ModalityWeighting, FeatureMasking, nn.Module):
         )  # [B, M, d]
         weights = self.modality_weights(present)
         fused = (weights.unsqueeze(-1) * pooled).sum(dim=1)
-        return self.head(fused)
+        logits = self.head(fused)
+        if self.linear_path is not None:
+            # The modalities hidden by modality dropout are hidden from this path too, so
+            # it does not lean on a modality a test patient may lack.
+            logits = logits + self.linear_path(x * present[:, self.feature_modality])
+        return logits
+
+
+class LinearPath(nn.Module):
+    """Class logits linear in the features (the caller zeroes a missing modality's);
+    starts at zero (:func:`zero_linear`)."""
+
+    def __init__(self, n_features: int, n_classes: int) -> None:
+        super().__init__()
+        self.linear = zero_linear(n_features, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
 
 
 def modality_tokens(tokenizers: nn.ModuleList, absent_embeddings: nn.ModuleList,

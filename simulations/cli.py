@@ -25,6 +25,7 @@ from simulations.cli_options import (
     NO_DP,
     DataOpt,
     GenomeTokensOpt,
+    LinearPathOpt,
     ManifestOpt,
     ModelOpt,
     OutOpt,
@@ -37,7 +38,7 @@ from simulations.cli_options import (
     fail,
     given,
     setup_logging,
-    with_genome_tokens,
+    with_architecture,
 )
 
 
@@ -70,6 +71,7 @@ def simulate(
     out: OutOpt = None,
     model: ModelOpt = None,
     genome_tokens: GenomeTokensOpt = None,
+    linear_path: LinearPathOpt = None,
     dp: Annotated[str | None, typer.Option(
         help=f"Differential privacy: {', '.join(DP_MODES)}. distributed: every site adds "
         "its share of the noise to sums over its patients, sent only through secure "
@@ -157,7 +159,7 @@ def simulate(
             max_update_norm_ratio=max_update_norm_ratio,
             update_direction_ratio=update_direction_ratio, trim_fraction=trim_fraction,
             malicious_sites=malicious_sites, krum_select=krum_select, server_lr=server_lr))
-        cfg = with_genome_tokens(cfg, genome_tokens)
+        cfg = with_architecture(cfg, genome_tokens, linear_path)
         run_dir = run(cfg, compare=compare, verbose=verbose, attack=attack,
                       malicious=malicious)
     except (ValueError, FileNotFoundError, FederationError) as exc:
@@ -235,6 +237,7 @@ def train_central_cmd(
     out: OutOpt = None,
     model: ModelOpt = None,
     genome_tokens: GenomeTokensOpt = None,
+    linear_path: LinearPathOpt = None,
     report: Annotated[bool, typer.Option(
         help="Write report.html and model_card.md into the --out directory at the end "
         "(cancer-alpha report RUN_DIR writes them later).")] = True,
@@ -256,7 +259,7 @@ def train_central_cmd(
         cfg = RunConfig.preset("none", model_kind=model, **schedule, **given(
             data=data, test_data=test_data, manifest=manifest, partition=partition,
             sites=sites, seed=seed))
-        cfg = with_genome_tokens(cfg, genome_tokens)
+        cfg = with_architecture(cfg, genome_tokens, linear_path)
         fed = load_federation(cfg)
         result = train_central(fed, cfg, (out / "model") if out else None)
     except (ValueError, FileNotFoundError) as exc:

@@ -54,15 +54,19 @@ ModelOpt = Annotated[str | None, typer.Option(
 GenomeTokensOpt = Annotated[int | None, typer.Option(
     help="mmt: tokens along the genome, this many groups per modality the gene table "
     "places (docs/models.md)." + default_note("0, learned soft groups"))]
+LinearPathOpt = Annotated[bool | None, typer.Option(
+    "--linear-path", help="mmt: add logits linear in the features "
+    "beside the transformer's (docs/models.md)." + default_note("no"))]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
 
 
-def with_genome_tokens(cfg: RunConfig, groups: int | None) -> RunConfig:
-    if groups is None:
-        return cfg
-    if groups < 0:
-        raise ValueError(f"--genome-tokens must be >= 0, got {groups}")
-    return replace(cfg, model=replace(cfg.model, genome_tokens=groups))
+def with_architecture(cfg: RunConfig, genome_tokens: int | None = None,
+                      linear_path: bool | None = None) -> RunConfig:
+    """``cfg`` with the architecture options the user gave (None: the default)."""
+    if genome_tokens is not None and genome_tokens < 0:
+        raise ValueError(f"--genome-tokens must be >= 0, got {genome_tokens}")
+    options = given(genome_tokens=genome_tokens, linear_path=linear_path)
+    return replace(cfg, model=replace(cfg.model, **options)) if options else cfg
 
 
 def given(**options: Any) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from common.metrics import METRIC_KEYS
 from common.model_kinds import KINDS
 from simulations.cli_options import (
     DataOpt,
+    GenomeTokensOpt,
+    LinearPathOpt,
     ManifestOpt,
     PartitionOpt,
     SeedOpt,
@@ -24,6 +26,7 @@ from simulations.cli_options import (
     fail,
     given,
     setup_logging,
+    with_architecture,
 )
 from simulations.cv import MODES, CvSettings
 
@@ -40,6 +43,8 @@ def cv(
     model: Annotated[str | None, typer.Option(
         "--model", help=f"Model architecture: {', '.join(KINDS)}." + default_note("mmt"))
     ] = None,
+    genome_tokens: GenomeTokensOpt = None,
+    linear_path: LinearPathOpt = None,
     mode: Annotated[str, typer.Option(
         "--mode", help=f"Which models to cross-validate: {', '.join(MODES)}.")] = "both",
     partition: PartitionOpt = None,
@@ -85,6 +90,7 @@ def cv(
         cfg = with_model_kind(RunConfig.preset(dp, **given(
             data=data, manifest=manifest, partition=partition, sites=sites, rounds=rounds,
             local_epochs=local_epochs, seed=seed)), model)
+        cfg = with_architecture(cfg, genome_tokens, linear_path)
         summary = run_cv(cfg, settings, run_dir, show_progress=not json_output,
                          on_fold=None if json_output else _print_fold)
     except (ValueError, FileNotFoundError, FederationError) as exc:

@@ -249,3 +249,103 @@ def test_model_option_sets_the_kind_and_rejects_unknown_ones(command, target, mo
     assert result.exit_code == 2 and "would train perceiver" in result.output, result.output
     result = runner.invoke(build_app(), [command, "--model", "resnet", "--no-report"])
     assert result.exit_code == 2 and "valid kinds: mmt" in result.output, result.output
+
+
+# --- the linear ("wide") path of mmt ------------------------------------------------------
+
+
+def linear_path_model(seed: int = 0) -> nn.Module:
+    """An mmt with a linear path whose weights are no longer zero."""
+    model = small_model("mmt", seed=seed, linear_path=True)
+    with torch.no_grad():
+        model.linear_path.linear.weight.copy_(torch.randn_like(model.linear_path.linear.weight))
+    return model.eval()
+
+
+def test_linear_path_starts_at_zero_and_leaves_the_other_weights_as_drawn():
+    plain, wide = small_model("mmt").eval(), small_model("mmt", linear_path=True).eval()
+    x, mask = random_batch()
+    with torch.no_grad():
+        assert torch.equal(plain(x, mask), wide(x, mask))
+    assert set(wide.state_dict()) - set(plain.state_dict()) == {"linear_path.linear.weight"}
+
+
+def test_linear_path_adds_logits_linear_in_the_present_modalities():
+    model = linear_path_model()
+    x, mask = random_batch()
+    mask[:4, 1] = 0  # mirna missing for four patients
+    weight = model.linear_path.linear.weight.detach().clone()
+    with torch.no_grad():
+        full = model(x, mask)
+        model.linear_path = None
+        without = model(x, mask)
+    present = torch.repeat_interleave(mask, torch.tensor(list(SIZES.values())), dim=1)
+    assert torch.allclose(full - without, (x * present) @ weight.T, atol=1e-5)
+
+
+def test_linear_path_never_reads_a_missing_modality_and_trains_under_opacus():
+    from opacus import PrivacyEngine
+
+    from client.dp import grad_sample_mode
+
+    model = linear_path_model()
+    x, mask = random_batch()
+    mask[:, 2] = 0
+    changed = x.clone()
+    changed[:, -SIZES["clinical"]:] = 1e3
+    with torch.no_grad():
+        assert torch.allclose(model(x, mask), model(changed, mask), atol=1e-5)
+    model.train()
+    y = torch.arange(len(x)) % 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, optimizer, _ = PrivacyEngine().make_private(
+            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            data_loader=DataLoader(TensorDataset(x, mask, y), batch_size=len(x)),
+            noise_multiplier=0.0, max_grad_norm=1e6, grad_sample_mode=grad_sample_mode(model))
+    before = model._module.linear_path.linear.weight.detach().clone()
+    weighted_loss(model(x, mask), y, torch.ones(3)).backward()
+    grad = model._module.linear_path.linear.weight.grad_sample
+    assert grad.shape == (len(x), len(LABELS), sum(SIZES.values()))
+    assert torch.count_nonzero(grad[:, :, -SIZES["clinical"]:]) == 0  # missing: no gradient
+    optimizer.step()
+    assert not torch.equal(before, model._module.linear_path.linear.weight)
+
+
+def test_linear_path_bundle_round_trips(tmp_path: Path):
+    data = make_data()
+    cfg = small_config("mmt", linear_path=True)
+    model = linear_path_model()
+    std = Standardizer.fit(data)
+    directory = save_bundle(tmp_path / "model", model_config=cfg, schema=data.schema,
+                            standardizer=std, state_dict=model.state_dict(), lineage={})
+    bundle = load_bundle(directory)
+    assert bundle.model_config.linear_path is True
+    assert np.allclose(bundle.predict_proba(data), predict_proba(model, std.transform(data)),
+                       atol=1e-6)
+
+
+@pytest.mark.parametrize("command, target", [
+    ("simulate", "simulations.runner.simulate"),
+    ("train-central", "common.simulated_federation.load_federation"),
+    ("cv", "simulations.cv.run_cv"),
+])
+def test_architecture_options_reach_the_model_config(command, target, monkeypatch):
+    from typer.testing import CliRunner
+
+    from common.cli import build_app
+
+    def stop(cfg, *args, **kwargs):
+        raise ValueError(f"would train linear_path={cfg.model.linear_path} "
+                         f"genome_tokens={cfg.model.genome_tokens}")
+
+    monkeypatch.setattr(target, stop)
+    runner = CliRunner()
+    args = [command, "--dp", "none", "--no-report"] if command != "train-central" else [
+        command, "--no-report"]
+    result = runner.invoke(build_app(), [*args, "--linear-path", "--genome-tokens", "8"])
+    assert "would train linear_path=True genome_tokens=8" in result.output, result.output
+    result = runner.invoke(build_app(), args)
+    assert "would train linear_path=False genome_tokens=0" in result.output, result.output
+    result = runner.invoke(build_app(), [*args, "--genome-tokens", "-1"])
+    assert result.exit_code == 2 and "--genome-tokens must be >= 0" in result.output

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common.bundle import write_json
-from common.config import RunConfig
+from common.config import ModelConfig, RunConfig
 from simulations.cv import CvSettings, run_cv, with_model_kind
 
 SHOWN = (("accuracy", "acc"), ("f1_macro", "F1 macro"), ("f1_weighted", "F1 weighted"),
@@ -34,9 +34,27 @@ def parse_partition(text: str) -> tuple[str, int]:
     return name, int(sites) if sites else 0
 
 
+def parse_model_options(pairs: list[str]) -> dict[str, object]:
+    """``["linear_path=true", "genome_tokens=8"]`` -> ModelConfig fields, typed as their
+    defaults; an unknown field is an error naming the valid ones."""
+    defaults = ModelConfig().to_dict()
+    options: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in defaults:
+            raise SystemExit(f"--model-option {pair!r}: want NAME=VALUE with NAME one of "
+                             f"{', '.join(defaults)}")
+        kind = type(defaults[name])
+        options[name] = text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+    return options
+
+
 def run(datasets: list[str], models: list[str], partitions: list[str], folds: int,
-        seed: int, out: Path, rounds: int | None) -> list[dict]:
-    """One cv run per (dataset, partition, model); baselines once per (dataset, partition)."""
+        seed: int, out: Path, rounds: int | None,
+        model_options: dict[str, object] | None = None) -> list[dict]:
+    """One cv run per (dataset, partition, model); baselines once per (dataset, partition).
+    ``model_options`` set ModelConfig fields of every model (a variant, e.g. the linear
+    path or genomic-coordinate tokens)."""
     rows = []
     for data in datasets:
         for part in partitions:
@@ -46,6 +64,7 @@ def run(datasets: list[str], models: list[str], partitions: list[str], folds: in
                 cfg = with_model_kind(RunConfig.preset("none", data=data, partition=partition,
                                                        sites=sites, seed=seed, **schedule),
                                       kind)
+                cfg = replace(cfg, model=replace(cfg.model, **(model_options or {})))
                 run_dir = out / f"{data}_{part.replace(':', '').replace('@', '-')}_{kind}"
                 settings = CvSettings(folds=folds, mode="both", baselines=i == 0)
                 summary = run_cv(replace(cfg), settings, run_dir, show_progress=False)
@@ -97,6 +116,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-option", action="append", default=[], metavar="NAME=VALUE",
+                        help="Set a ModelConfig field of every model (repeatable).")
     parser.add_argument("--out", type=Path, default=Path("runs/models-cv"))
     parser.add_argument("--table-only", action="store_true",
                         help="Print the table of the fold records already under --out.")
@@ -106,7 +127,7 @@ def main() -> None:
         Console().print(table(collect(args.out), args.folds))
         return
     rows = run(args.datasets, args.models, args.partitions, args.folds, args.seed, args.out,
-               args.rounds)
+               args.rounds, parse_model_options(args.model_option))
     Console().print(table(rows, args.folds))
 
 
