@@ -8,8 +8,11 @@ al., 2021): run config `server-lr` is its learning rate, `server-tau` its adapti
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAdam as FlowerFedAdam
 from flwr.serverapp.strategy import FedYogi as FlowerFedYogi
 
@@ -17,11 +20,33 @@ from strategies.guard import UpdateGuard
 from strategies.spec import StrategySpec, flower_options
 
 
-class FedAdam(UpdateGuard, FlowerFedAdam):
+class KeepGlobalDtypes:
+    """The new global model in the dtypes of the current one.
+
+    Flower's adaptive step multiplies by NumPy float64 scalars (FedAdam's bias-corrected
+    learning rate), which promote float32 weights to float64; the sites keep training in
+    float32, and the update guard would then reject every site's next update for its
+    dtype, ending the run after one round.
+    """
+
+    current_arrays: dict[str, np.ndarray] | None
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        dtypes = {k: v.dtype for k, v in (self.current_arrays or {}).items()}
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        if arrays is None or not dtypes:
+            return arrays, metrics
+        return ArrayRecord({k: Array(np.ascontiguousarray(
+            a.numpy().astype(dtypes.get(k, a.numpy().dtype), copy=False)))
+            for k, a in arrays.items()}), metrics
+
+
+class FedAdam(KeepGlobalDtypes, UpdateGuard, FlowerFedAdam):
     """Sample-weighted averaging, then a server Adam step."""
 
 
-class FedYogi(UpdateGuard, FlowerFedYogi):
+class FedYogi(KeepGlobalDtypes, UpdateGuard, FlowerFedYogi):
     """Sample-weighted averaging, then a server Yogi step."""
 
 

@@ -598,6 +598,21 @@ def test_each_new_strategy_builds_from_the_run_config(name):
         assert getattr(strategy, expected[0]) == expected[1]
 
 
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_server_optimizer_keeps_the_global_dtypes_so_the_next_round_passes_the_guard(name):
+    strategy = build_strategy(name, fraction_train=1.0, min_sites=2, **OPTIMIZERS[name])
+    arrays = array_record(weights(0.0))
+    for server_round in (1, 2, 3):  # each round starts from the last round's global model
+        list(strategy.configure_train(server_round, arrays, ConfigRecord({"lr": 0.1}),
+                                      FakeGrid([1, 2, 3, 4, 5, 6])))
+        updates = honest_updates(6, seed=server_round)
+        arrays, _ = strategy.aggregate_train(
+            server_round, [reply(i + 1, a, 10) for i, a in enumerate(updates)])
+        assert arrays is not None, f"round {server_round}: every update rejected"
+        assert {a.numpy().dtype for a in arrays.values()} == {np.dtype(np.float32)}
+        assert all(np.isfinite(a.numpy()).all() for a in arrays.values())
+
+
 @pytest.mark.parametrize("name", list(ROBUST))
 def test_robust_strategy_keeps_a_scaled_site_out_of_the_global_weights(name):
     strategy = build_strategy(name, fraction_train=1.0, min_sites=2, **ROBUST[name])
