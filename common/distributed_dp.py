@@ -25,6 +25,7 @@ before it adds its noise share; the plan only proposes the noise.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 # Shares of the run's privacy budget (of its summed 1 / sigma**2): the gradient steps
@@ -116,36 +117,42 @@ class NoisePlan:
         return asdict(self)
 
 
-def gaussian_epsilon(releases: list[tuple[float, int]], delta: float) -> float:
-    """Epsilon at ``delta`` of full-batch releases ``(noise multiplier, count)`` by RDP
-    at the integer orders only: the sites add Skellam noise, whose RDP is at most the
-    Gaussian mechanism's at the same multiplier there (:mod:`common.discrete_dp`)."""
+def gaussian_epsilon(releases: list[tuple[float, int]], delta: float,
+                     orders: Sequence[float] | None = None) -> float:
+    """Epsilon at ``delta`` of full-batch releases ``(noise multiplier, count)`` by RDP,
+    by default at the integer orders only: the sites add Skellam noise, whose RDP is at
+    most the Gaussian mechanism's at the same multiplier there
+    (:mod:`common.discrete_dp`). Continuous Gaussian noise passes Opacus' whole grid."""
     import warnings
 
     from opacus.accountants.analysis import rdp as analysis
 
     from common.discrete_dp import INTEGER_ORDERS
 
-    orders = list(INTEGER_ORDERS)
+    orders = list(INTEGER_ORDERS if orders is None else orders)
     total = sum(analysis.compute_rdp(q=1.0, noise_multiplier=sigma, steps=count, orders=orders)
                 for sigma, count in releases)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "optimal order is the largest alpha"
+        # "optimal order is the largest alpha": the bound stays valid, only looser; the
+        # calibration's search probes such large noise on its way.
+        warnings.simplefilter("ignore", UserWarning)
         eps, _ = analysis.get_privacy_spent(orders=orders, rdp=total, delta=delta)
     return float(eps)
 
 
-def gaussian_noise_for(epsilon: float, delta: float) -> float:
+def gaussian_noise_for(epsilon: float, delta: float,
+                       orders: Sequence[float] | None = None) -> float:
     """The smallest noise multiplier (to 1e-4) of one full-batch Gaussian release that
-    is (``epsilon``, ``delta``)-DP."""
+    is (``epsilon``, ``delta``)-DP at the RDP ``orders`` of :func:`gaussian_epsilon`.
+    ``k`` releases at ``sigma * sqrt(k)`` cost exactly as much (Rényi DP adds up)."""
     if not (epsilon > 0 and math.isfinite(epsilon)) or not 0 < delta < 1:
         raise ValueError(f"need a finite epsilon > 0 and 0 < delta < 1, got {epsilon}, {delta}")
     lo, hi = 1e-3, 1e3
-    if gaussian_epsilon([(hi, 1)], delta) > epsilon:
+    if gaussian_epsilon([(hi, 1)], delta, orders) > epsilon:
         raise ValueError(f"epsilon {epsilon} is too small to calibrate at delta {delta}")
     while hi - lo > 1e-4:
         mid = (lo + hi) / 2
-        if gaussian_epsilon([(mid, 1)], delta) <= epsilon:
+        if gaussian_epsilon([(mid, 1)], delta, orders) <= epsilon:
             hi = mid
         else:
             lo = mid

@@ -13,12 +13,14 @@ must be private (see docs/privacy.md, "Central DP or local DP").
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
+from common.distributed_dp import gaussian_epsilon, gaussian_noise_for
 from common.protocol import ARRAYS, to_array
 from strategies.guard import UpdateGuard
 from strategies.spec import StrategySpec
@@ -27,29 +29,27 @@ from strategies.validation_pooling import pool_evaluation
 logger = logging.getLogger(__name__)
 
 
+
 def central_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
     """Epsilon after ``rounds`` releases of the Gaussian mechanism (RDP accountant)."""
     if rounds <= 0:
         return 0.0
-    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-    from opacus.accountants.rdp import RDPAccountant
-
-    orders = RDPAccountant.DEFAULT_ALPHAS
-    rdp = compute_rdp(q=1.0, noise_multiplier=noise_multiplier, steps=rounds, orders=orders)
-    eps, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
-    return float(eps)
+    return gaussian_epsilon([(noise_multiplier, rounds)], delta, _orders())
 
 
 def calibrate_central_noise(epsilon: float, delta: float, rounds: int) -> float:
     """Smallest noise multiplier keeping ``rounds`` releases within (epsilon, delta)."""
-    lo, hi = 0.05, 1000.0
-    if central_epsilon(hi, rounds, delta) > epsilon:
-        raise ValueError(f"epsilon {epsilon:g} is too small for {rounds} rounds at delta "
-                         f"{delta:g}")
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if central_epsilon(mid, rounds, delta) <= epsilon else (mid, hi)
-    return hi
+    if rounds < 1:
+        raise ValueError(f"central DP needs at least one round, got {rounds}")
+    # One release at sigma costs what `rounds` releases at sigma * sqrt(rounds) cost.
+    return gaussian_noise_for(epsilon, delta, _orders()) * math.sqrt(rounds)
+
+
+def _orders() -> list[float]:
+    """Opacus' whole grid of Rényi orders: the central noise is continuous Gaussian."""
+    from opacus.accountants.rdp import RDPAccountant
+
+    return RDPAccountant.DEFAULT_ALPHAS
 
 
 class CentralDPFedAvg(UpdateGuard, FlowerFedAvg):
