@@ -16,7 +16,9 @@ protocol are the product's.
   patients as usual.
 
 The malicious sites are the ``N`` largest by training patients (ties by name): the
-attackers with the most weight in a sample-weighted mean.
+attackers with the most weight in a sample-weighted mean, and whose data a defence that
+leaves them out loses most of. ``random`` draws them from the run's seed instead: a
+hostile hospital of ordinary size.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from common.protocol import ARRAYS, to_array
 
 ATTACKS = ("label-flip", "sign-flip", "scale:K", "noise", "nan", "free-rider")
 UPDATE_ATTACKS = ("sign-flip", "scale", "noise", "nan", "free-rider")
+# Which sites attack: the largest by training patients, or drawn from the seed.
+ATTACKERS = ("largest", "random")
 
 
 @dataclass(frozen=True)
@@ -107,15 +111,23 @@ class AttackPlan:
                 "sites": list(self.sites)}
 
 
-def plan_attack(attack: str, malicious: int, site_sizes: Sequence[tuple[str, int]]
-                ) -> AttackPlan:
-    """The ``malicious`` largest of ``site_sizes`` (name, training patients, in partition
-    order) mounting ``attack``; at least one site must stay honest."""
+def plan_attack(attack: str, malicious: int, site_sizes: Sequence[tuple[str, int]], *,
+                attackers: str = "largest", seed: int = 0) -> AttackPlan:
+    """``malicious`` of ``site_sizes`` (name, training patients, in partition order)
+    mounting ``attack``: the largest, or with ``attackers="random"`` drawn from ``seed``;
+    at least one site must stay honest."""
     parsed = Attack.parse(attack)
+    if attackers not in ATTACKERS:
+        raise ValueError(f"--attackers must be one of {', '.join(ATTACKERS)}, got {attackers!r}")
     if not 1 <= malicious < len(site_sizes):
         raise ValueError(f"--malicious must be between 1 and {len(site_sizes) - 1} (the "
                          f"federation has {len(site_sizes)} sites), got {malicious}")
-    order = sorted(range(len(site_sizes)), key=lambda i: (-site_sizes[i][1], site_sizes[i][0]))
+    if attackers == "largest":
+        order = sorted(range(len(site_sizes)),
+                       key=lambda i: (-site_sizes[i][1], site_sizes[i][0]))
+    else:
+        order = np.random.default_rng([seed, zlib.crc32(b"attackers")]).permutation(
+            len(site_sizes)).tolist()
     chosen = sorted(order[:malicious])
     return AttackPlan(parsed, tuple(chosen), tuple(site_sizes[i][0] for i in chosen))
 

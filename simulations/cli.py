@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from common.config import DP_MODES, RunConfig
+from common.config import DP_MODES, OPPOSED_DIRECTION, RunConfig
 from simulations.cli_options import (
     DEFAULT,
     LOCAL_DP_SGD,
@@ -110,7 +110,8 @@ def simulate(
     update_direction_ratio: Annotated[float | None, typer.Option(
         "--direction-ratio",
         help="Reject an update whose cosine with the other updates' median is below this "
-        "times the round's median cosine (0: no check)."
+        f"times the round's median cosine, or below {OPPOSED_DIRECTION:g} in any round "
+        "(0: no check)."
         + default_note(f"{NO_DP.update_direction_ratio} with --dp none, else "
                        f"{DEFAULT.update_direction_ratio}"))] = None,
     trim_fraction: Annotated[float | None, typer.Option(
@@ -127,9 +128,12 @@ def simulate(
     ] = None,
     attack: Annotated[str | None, typer.Option(
         help="Simulate hostile hospitals: label-flip, sign-flip, scale:K, noise, nan or "
-        "free-rider (the --malicious largest sites mount it).")] = None,
+        "free-rider (--malicious sites mount it, chosen by --attackers).")] = None,
     malicious: Annotated[int, typer.Option(
         help="With --attack: how many hospitals attack.")] = 1,
+    attackers: Annotated[str, typer.Option(
+        help="With --attack: largest (the sites with most training patients, the worst "
+        "case) or random (drawn from --seed).")] = "largest",
     compare: Annotated[bool, typer.Option(
         help="Also train the centralized model and the baselines on the same split.")] = True,
     report: Annotated[bool, typer.Option(
@@ -161,7 +165,7 @@ def simulate(
             malicious_sites=malicious_sites, krum_select=krum_select, server_lr=server_lr))
         cfg = with_architecture(cfg, genome_tokens, linear_path)
         run_dir = run(cfg, compare=compare, verbose=verbose, attack=attack,
-                      malicious=malicious)
+                      malicious=malicious, attackers=attackers)
     except (ValueError, FileNotFoundError, FederationError) as exc:
         fail(exc)
     _print_summary(run_dir)

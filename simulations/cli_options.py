@@ -46,7 +46,26 @@ SitesOpt = Annotated[int | None, typer.Option(
     "for iid/dirichlet, the count. 0 = automatic." + default_note(str(DEFAULT.sites)))]
 SeedOpt = Annotated[int | None, typer.Option(
     "--seed", help="Seed for the split, init and training." + default_note(str(DEFAULT.seed)))]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory to write.")]
+
+
+def new_run_dir(value: Path | None) -> Path | None:
+    """``--out``: a directory that does not exist yet or is empty, so that a run never
+    writes over an earlier run's files."""
+    if value is None or not value.exists():
+        return value
+    if not value.is_dir():
+        raise typer.BadParameter(f"{value} is a file, not a run directory")
+    held = sorted(p.name for p in value.iterdir())
+    if held:
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise typer.BadParameter(f"{value} already holds files ({shown}); name a new "
+                                 "directory, or move that one away to run again")
+    return value
+
+
+OutOpt = Annotated[Path | None, typer.Option(
+    "--out", help="Run directory to write: new or empty (an earlier run is never "
+    "overwritten).", callback=new_run_dir)]
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help="Model architecture: mmt (multi-modal transformer), tabtransformer, "
     "perceiver (Perceiver IO) or centroid (docs/models.md)."

@@ -25,6 +25,7 @@ from simulations.cli_options import (
     default_note,
     fail,
     given,
+    new_run_dir,
     setup_logging,
     with_architecture,
 )
@@ -63,7 +64,8 @@ def cv(
         "every fold.")] = False,
     seed: SeedOpt = None,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Run directory to write (default: runs/cv-<run id>).")] = None,
+        "--out", help="Run directory to write, new or empty (default: runs/cv-<run id>).",
+        callback=new_run_dir)] = None,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print the summary as JSON instead of a table.")] = False,
     report: Annotated[bool, typer.Option(

@@ -33,12 +33,14 @@ def new_run_id() -> str:
 
 def simulate(
     cfg: RunConfig, *, compare: bool = True, show_progress: bool = True, verbose: bool = False,
-    attack: str | None = None, malicious: int = 1, client_mods: Sequence[Any] = (),
+    attack: str | None = None, malicious: int = 1, attackers: str = "largest",
+    client_mods: Sequence[Any] = (),
 ) -> Path:
     """Federated training on the simulation engine; returns the run directory.
 
-    ``attack`` (see :mod:`simulations.attacks`): the ``malicious`` largest hospitals
-    mount it, running the same ClientApp. ``client_mods`` wrap every virtual hospital's
+    ``attack`` (see :mod:`simulations.attacks`): ``malicious`` hospitals mount it (the
+    largest, or ``attackers="random"``: drawn from the run's seed), running the same
+    ClientApp. ``client_mods`` wrap every virtual hospital's
     handlers and see each message as it leaves the hospital (e.g. to audit it).
     """
     from strategies import check_combination
@@ -65,7 +67,7 @@ def simulate(
         raise ValueError(f"secure aggregation needs at least 3 sites; the {cfg.partition} "
                          f"partition has {n_sites}"
                          + (" (use --dp local)" if cfg.dp == "distributed" else ""))
-    plan = attack_plan(cfg, fed, attack, malicious) if attack else None
+    plan = attack_plan(cfg, fed, attack, malicious, attackers) if attack else None
     logger.info("simulating %d hospitals (%s partition), %d rounds -> %s",
                 n_sites, cfg.partition, cfg.rounds, run_dir)
     spent_before = spent_budgets(cfg, fed)
@@ -109,13 +111,15 @@ def simulate(
     return run_dir
 
 
-def attack_plan(cfg: RunConfig, fed: SimulatedFederation, attack: str, malicious: int
-                ) -> AttackPlan:
-    """Which hospitals mount ``attack``; refuses update attacks under SecAgg+ (the
-    simulated attacker forges the plain reply)."""
+def attack_plan(cfg: RunConfig, fed: SimulatedFederation, attack: str, malicious: int,
+                attackers: str = "largest") -> AttackPlan:
+    """Which hospitals mount ``attack`` (:func:`simulations.attacks.plan_attack`);
+    refuses update attacks under SecAgg+ (the simulated attacker forges the plain
+    reply)."""
     from simulations.attacks import plan_attack
 
-    plan = plan_attack(attack, malicious, [(s.name, len(s.train)) for s in fed.plan.sites])
+    plan = plan_attack(attack, malicious, [(s.name, len(s.train)) for s in fed.plan.sites],
+                       attackers=attackers, seed=cfg.seed)
     if cfg.secure_aggregation and plan.attack.on_update:
         raise ValueError(f"attack {plan.attack.label} forges the plain update; simulate it "
                          "without secure aggregation (--secagg, --dp distributed); "

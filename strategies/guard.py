@@ -18,9 +18,11 @@ naming the site, a reply that
   global weights: its cosine with that median is below ``direction_ratio`` times the
   round's median cosine (a sign-flipped, label-flipped or noise update; needs 3 or more
   updates), judged only in rounds whose median cosine reaches
-  :data:`MIN_SHARED_DIRECTION`. The bound is relative because honest sites' cosines
+  :data:`MIN_SHARED_DIRECTION`; or, in any round, points against it (cosine below
+  :data:`OPPOSED_DIRECTION`). The bound is relative because honest sites' cosines
   shrink as training converges (BRCA natural sites, no DP: .3-.6 in round 1, .1-.2
-  later);
+  later); the floor is absolute because hostile sites could otherwise pull the round's
+  median below the gate and stand the relative check aside;
 * comes from a quarantined site (see :mod:`strategies.quarantine`).
 
 and aggregates the rest. Rejections are counted per site over the run.
@@ -37,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
+from common.config import OPPOSED_DIRECTION
 from common.protocol import ARRAYS, NUM_EXAMPLES, refusal_reason, site_name
 
 if TYPE_CHECKING:
@@ -134,21 +137,25 @@ def update_vector(arrays: ArrayRecord, reference: ArrayRecord) -> np.ndarray:
 
 def direction_problems(updates: Mapping[int, np.ndarray], ratio: float) -> dict[int, str]:
     """Index -> reason, for updates whose cosine with the coordinate-wise median of the
-    *other* updates is below ``ratio`` x the round's median cosine; none when the check
-    is off (``ratio`` 0), with fewer than 3 updates, or when the median cosine is below
-    :data:`MIN_SHARED_DIRECTION`."""
+    *other* updates is below :data:`OPPOSED_DIRECTION`, or below ``ratio`` x the round's
+    median cosine when that median reaches :data:`MIN_SHARED_DIRECTION`; none when the
+    check is off (``ratio`` 0) or with fewer than 3 updates."""
     if ratio <= 0 or len(updates) < MIN_UPDATES_FOR_NORM_BOUND:
         return {}
     cosines = dict(zip(updates, others_median_cosines(list(updates.values())), strict=True))
     for i, cosine in cosines.items():
         logger.info("update %d: cosine %.4f with the other updates' median", i, cosine)
     typical = float(np.median(list(cosines.values())))
-    if typical < MIN_SHARED_DIRECTION:
-        return {}
-    bound = ratio * typical
-    return {i: (f"update direction has cosine {c:.3g} with the other updates' median, "
-                f"below {ratio:g} x the round's median cosine {typical:.3g}")
-            for i, c in cosines.items() if c < bound}
+    problems = {i: (f"update direction has cosine {c:.3g} with the other updates' median, "
+                    f"below {OPPOSED_DIRECTION:g}: it points against them")
+                for i, c in cosines.items() if c < OPPOSED_DIRECTION}
+    if typical >= MIN_SHARED_DIRECTION:
+        bound = ratio * typical
+        problems.update({i: (f"update direction has cosine {c:.3g} with the other "
+                             f"updates' median, below {ratio:g} x the round's median "
+                             f"cosine {typical:.3g}")
+                         for i, c in cosines.items() if c < bound and i not in problems})
+    return problems
 
 
 def others_median_cosines(updates: list[np.ndarray]) -> list[float]:

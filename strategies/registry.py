@@ -93,17 +93,18 @@ def strategy_for_run(cfg: RunConfig, **computed: Any) -> Any:
 def check_combination(cfg: RunConfig) -> None:
     """Raise ValueError unless ``cfg``'s strategy exists and supports its DP and SecAgg+.
 
-    The message says what is wrong and lists the allowed combinations.
+    The message says what is wrong and, when the strategy does not run with the DP mode
+    or SecAgg+, lists the allowed combinations.
     """
     spec = SPECS.get(cfg.strategy)
     if spec is None or not spec.selectable:
         raise ValueError(f"invalid run configuration: strategy {cfg.strategy!r} is not one of "
                          f"{strategy_names()}")
-    problems = (_option_problems(cfg) + _refusals(spec, cfg.dp, cfg.secagg)
-                + cfg.schedule_problems())
+    refusals = _refusals(spec, cfg.dp, cfg.secagg)
+    problems = _option_problems(cfg) + refusals + cfg.schedule_problems()
     if problems:
-        raise ValueError("invalid run configuration: " + "; ".join(problems)
-                         + ". Allowed: " + "; ".join(allowed_combinations()))
+        allowed = ". Allowed: " + "; ".join(allowed_combinations()) if refusals else ""
+        raise ValueError("invalid run configuration: " + "; ".join(problems) + allowed)
 
 
 def allowed_combinations() -> list[str]:
@@ -142,8 +143,8 @@ def _refusals(spec: StrategySpec, dp: str, secagg: bool) -> list[str]:
     problems = [spec.refused_dp[dp]] if dp in spec.refused_dp else []
     if dp == DISTRIBUTED_DP:
         if spec.name not in DISTRIBUTED_DP_STRATEGIES:
-            problems.append("distributed DP takes its gradient step on the noised sum of the "
-                            "sites' clipped gradients; only --strategy "
+            problems.append("distributed DP releases only the noised sum of the sites' "
+                            "contributions (through SecAgg+); only --strategy "
                             f"{' or '.join(DISTRIBUTED_DP_STRATEGIES)} runs with it")
         return problems  # always through SecAgg+, which these strategies take as one reply
     if secagg:

@@ -74,6 +74,18 @@ def test_the_largest_sites_attack():
             plan_attack("nan", bad, sizes)
 
 
+def test_random_attackers_are_drawn_from_the_seed():
+    sizes = [(name, 10 + i) for i, name in enumerate("abcdefghijkl")]
+    plans = {seed: plan_attack("nan", 3, sizes, attackers="random", seed=seed)
+             for seed in range(6)}
+    assert all(len(set(plan.sites)) == 3 for plan in plans.values())
+    assert plan_attack("nan", 3, sizes, attackers="random", seed=4) == plans[4]
+    assert len({plan.sites for plan in plans.values()}) > 1  # the seed chooses
+    assert plan_attack("nan", 3, sizes).sites == ("j", "k", "l")
+    with pytest.raises(ValueError, match=r"largest, random.*'smallest'"):
+        plan_attack("nan", 3, sizes, attackers="smallest")
+
+
 def _train_message(arrays: ArrayRecord) -> Message:
     msg = Message(content=RecordDict({ARRAYS: arrays}), dst_node_id=1,
                   message_type=MessageType.TRAIN)

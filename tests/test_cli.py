@@ -153,6 +153,39 @@ def test_only_given_options_override(captured):
     assert cfg.model == ModelConfig() and cfg.train == TrainConfig()
 
 
+def test_simulate_passes_the_attack_and_the_choice_of_attackers(monkeypatch):
+    import simulations.runner
+
+    seen: list[dict] = []
+
+    def fake(cfg: RunConfig, **options: object) -> Path:
+        seen.append(options)
+        raise ValueError("stop before training")
+
+    monkeypatch.setattr(simulations.runner, "simulate", fake)
+    CliRunner().invoke(build_app(), ["simulate", "--dp", "none", "--attack", "nan",
+                                     "--malicious", "2", "--attackers", "random"])
+    CliRunner().invoke(build_app(), ["simulate", "--dp", "none", "--attack", "noise"])
+    assert [(o["attack"], o["malicious"], o["attackers"]) for o in seen] == [
+        ("nan", 2, "random"), ("noise", 1, "largest")]
+
+
+@pytest.mark.parametrize("command", ["simulate", "train-central", "cv"])
+def test_an_earlier_run_directory_is_never_written_over(command, tmp_path, captured):
+    earlier = tmp_path / "run"
+    earlier.mkdir()
+    (earlier / "metrics.json").write_text('{"f1_macro": 0.7}')
+    result = CliRunner().invoke(build_app(), [command, "--out", str(earlier)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "already holds files (metrics.json)" in " ".join(result.output.split())
+    assert (earlier / "metrics.json").read_text() == '{"f1_macro": 0.7}'
+    assert captured == []  # refused before any training
+    (tmp_path / "empty").mkdir()
+    CliRunner().invoke(build_app(), ["simulate", "--out", str(tmp_path / "empty")])
+    assert captured[0].out == str(tmp_path / "empty")
+
+
 def test_train_central_keeps_the_non_private_model(monkeypatch):
     import common.simulated_federation
 

@@ -443,6 +443,12 @@ def test_refused_combination_says_why_and_what_is_allowed(settings, reason):
     assert "fedmedian: --dp none/local, no --secagg" in message
 
 
+def test_a_problem_of_the_schedule_alone_does_not_list_the_strategy_combinations():
+    with pytest.raises(ValueError, match="in 2 rounds") as info:
+        check_combination(RunConfig.preset("local", rounds=3))
+    assert "Allowed" not in str(info.value)
+
+
 def _every_combination():
     for name in ("fedavg", "fedavgm", "fedprox"):
         for dp in ("none", "local", "central"):
@@ -910,6 +916,30 @@ def test_direction_check_rejects_a_sign_flipped_update_and_keeps_honest_ones():
     strategy.aggregate_train(1, replies)
     assert strategy.rejected == []
 
+
+
+def test_an_update_against_the_others_is_rejected_even_while_the_check_stands_aside():
+    """Three hostile sites that pull the round's median cosine below the gate no longer
+    switch the direction check off: updates pointing against the others' median are
+    rejected in any round, and honest ones kept."""
+    from strategies.guard import (
+        MIN_SHARED_DIRECTION,
+        OPPOSED_DIRECTION,
+        direction_problems,
+        others_median_cosines,
+    )
+
+    rng = np.random.default_rng(5)
+    shared = rng.normal(size=4000)
+    honest = [shared + 2.0 * rng.normal(size=4000) for _ in range(9)]
+    updates = dict(enumerate(honest + [-u for u in honest[:3]]))
+    cosines = others_median_cosines(list(updates.values()))
+    assert float(np.median(cosines)) < MIN_SHARED_DIRECTION  # the relative bound is off
+    assert min(cosines[:9]) > 0 > OPPOSED_DIRECTION > max(cosines[9:])
+    problems = direction_problems(updates, ratio=0.25)
+    assert sorted(problems) == [9, 10, 11]
+    assert all("points against them" in reason for reason in problems.values())
+    assert direction_problems(updates, ratio=0.0) == {}  # the check off: no floor either
 
 
 def heterogeneous_updates(count: int, seed: int, size: int = 4000) -> list[np.ndarray]:

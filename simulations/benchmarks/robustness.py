@@ -2,14 +2,14 @@
 
 For every strategy, on one split (BRCA, one hospital per tissue source site), a clean
 federation and one federation per attack and number of malicious sites (the largest
-hospitals attack; see :mod:`simulations.attacks`), all with the norm bound of the
-update vetting (5x the round's median). The row ``default`` is the vetting of a
-``--dp none`` run as the product ships it (FedAvg with the direction check and
-quarantine); the other rows leave those two off, to show what each aggregator does on
-its own. To keep ~100 federations affordable on
-two cores it runs without DP, with a reduced configuration stated in the table: a small
-model, few rounds, and the sites called in-process one after another
-(:class:`simulations.local_grid.InProcessGrid`) instead of through Ray.
+hospitals attack, or ``--attackers random``; see :mod:`simulations.attacks`), all with
+the norm bound of the update vetting (5x the round's median). The row ``default`` is
+the vetting of a ``--dp none`` run as the product ships it (FedAvg with the direction
+check and quarantine); the other rows leave those two off, to show what each aggregator
+does on its own. To keep ~100 federations affordable on two cores it runs without DP,
+with a reduced configuration stated in the table: a small model, few rounds, and the
+sites called in-process one after another (:class:`simulations.local_grid.InProcessGrid`)
+instead of through Ray.
 
     python -m simulations.benchmarks.robustness --data brca --out runs/robustness
 
@@ -31,6 +31,7 @@ from typing import Any
 
 from common.atomic import write_json_atomic
 from common.config import ModelConfig, RunConfig
+from simulations.attacks import ATTACKERS
 
 # "default": the preset vetting of a run without DP; every other name is a strategy.
 ROBUST_DEFAULT = "default"
@@ -68,7 +69,7 @@ def strategy_config(base: RunConfig, strategy: str, n_sites: int, tolerate: int)
 
 
 def run_federation_in_process(cfg: RunConfig, run_dir: Path, attack: str | None,
-                              malicious: int) -> dict[str, Any]:
+                              malicious: int, attackers: str = "largest") -> dict[str, Any]:
     """One federation (the product's ServerApp loop and ClientApp) on an in-process grid."""
     from client.app import build_client_app
     from common.simulated_federation import load_federation
@@ -78,7 +79,7 @@ def run_federation_in_process(cfg: RunConfig, run_dir: Path, attack: str | None,
 
     fed = load_federation(cfg)
     cfg = replace(cfg, out=str(run_dir))
-    plan = attack_plan(cfg, fed, attack, malicious) if attack else None
+    plan = attack_plan(cfg, fed, attack, malicious, attackers) if attack else None
     overrides = cfg.to_flower()
     grid = InProcessGrid(build_client_app(overrides, train_mods=attack_mods(plan)),
                          len(fed.plan.sites), overrides)
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="strategies run without attacks only (e.g. server optimizers)")
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
     parser.add_argument("--malicious", nargs="+", type=int, default=[1, 3])
+    parser.add_argument("--attackers", choices=ATTACKERS, default="largest",
+                        help="which sites attack: the largest, or drawn from --seed")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--d-model", type=int, default=64)
@@ -114,12 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     n_sites = len(load_federation(base).plan.sites)
     tolerate = max(args.malicious)
     jobs = [(strategy, strategy_config(base, strategy, n_sites, tolerate), attack, malicious,
-             args.out)
+             args.attackers, args.out)
             for strategy in args.strategies
             for attack, malicious in [(None, 0), *((a, m) for a in args.attacks
                                                    for m in args.malicious)]]
-    jobs += [(strategy, strategy_config(base, strategy, n_sites, tolerate), None, 0, args.out)
-             for strategy in args.clean_only]
+    jobs += [(strategy, strategy_config(base, strategy, n_sites, tolerate), None, 0,
+              args.attackers, args.out) for strategy in args.clean_only]
     started = time.perf_counter()
     # One thread per worker process: the federations run side by side, not their torch ops.
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"),
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     summary = {"config": {"data": args.data, "rounds": args.rounds,
                           "local_epochs": args.local_epochs, "d_model": args.d_model,
                           "seed": args.seed, "sites": n_sites, "tolerate": tolerate,
+                          "attackers": args.attackers,
                           "max_update_norm_ratio": base.max_update_norm_ratio,
                           "default": {"strategy": base.strategy,
                                       "update_direction_ratio": base.update_direction_ratio,
@@ -141,13 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     print(markdown_table(summary))
 
 
-def _row(job: tuple[str, RunConfig, str | None, int, Path]) -> dict[str, Any]:
-    label, cfg, attack, malicious, out = job
+def _row(job: tuple[str, RunConfig, str | None, int, str, Path]) -> dict[str, Any]:
+    label, cfg, attack, malicious, attackers, out = job
     name = f"{label}-{attack or 'clean'}-{malicious}".replace(":", "")
     row: dict[str, Any] = {"strategy": label, "attack": attack or "clean",
                            "malicious": malicious}
     try:
-        row.update(run_federation_in_process(cfg, out / name, attack, malicious))
+        row.update(run_federation_in_process(cfg, out / name, attack, malicious, attackers))
     except Exception as exc:  # a strategy that cannot aggregate is a result too
         row["error"] = f"{type(exc).__name__}: {exc}"
     return row
