@@ -20,6 +20,22 @@ def default_run_dir(cfg: RunConfig, run_id: str) -> Path:
     return Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.strategy}-{run_id}"
 
 
+def refuse_earlier_run(run_dir: Path) -> None:
+    """Raise FederationError when ``run_dir`` holds an earlier run's results, checkpoint
+    or quarantine record: a new run would write over the first and start with its
+    quarantined sites (resuming is ``RunConfig.resume``)."""
+    from server.outputs import CHECKPOINT_DIR
+    from server.rounds import FederationError
+    from strategies.quarantine import QUARANTINE_FILE
+
+    held = [name for name in ("metrics.json", CHECKPOINT_DIR, QUARANTINE_FILE)
+            if (run_dir / name).exists()]
+    if held:
+        raise FederationError(f"run directory {run_dir} already holds a run "
+                              f"({', '.join(held)}); write the new run to another "
+                              "directory, or resume that one")
+
+
 def run_server(
     grid: Grid, cfg: RunConfig, run_id: str, on_round: Callable[[dict], None] | None = None
 ) -> dict:
@@ -42,6 +58,8 @@ def run_server(
         if resume is None:
             logger.warning("resume: no completed round in %s; starting from round 1",
                            run_dir / CHECKPOINT_DIR)
+    else:
+        refuse_earlier_run(run_dir)
     from server.rounds.identity import key_bound
     from server.rounds.spend_book import spend_book_for
 

@@ -308,3 +308,23 @@ def test_per_site_rejection_counts_survive_a_checkpoint():
     after = strategy_for_run(config())
     restore_strategy(after, strategy_state(before))
     assert after.rejection_counts == {"site-a": 2}
+
+
+@pytest.mark.parametrize("held", ["metrics.json", "checkpoint", "quarantine.jsonl"])
+def test_a_new_run_never_starts_in_an_earlier_runs_directory(tmp_path, held):
+    """Whatever starts the ServerApp (simulate, flwr run, the coordinator), a run that does
+    not resume refuses a directory holding an earlier run, before any message is sent."""
+    from common.config import RunConfig
+    from server.app import run_server
+
+    earlier = tmp_path / held
+    if held == "checkpoint":
+        earlier.mkdir()
+    else:
+        earlier.write_text("{}\n")
+    cfg = RunConfig.preset("none", data="", out=str(tmp_path))
+    grid = ScriptedGrid(sites())
+    with pytest.raises(FederationError, match=rf"already holds a run \({held}\)"):
+        run_server(grid, cfg, "run-2")
+    assert grid.sent_of(MessageType.QUERY, "describe") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == [held]
