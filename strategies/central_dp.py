@@ -29,7 +29,6 @@ from strategies.validation_pooling import pool_evaluation
 logger = logging.getLogger(__name__)
 
 
-
 def central_epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
     """Epsilon after ``rounds`` releases of the Gaussian mechanism (RDP accountant)."""
     if rounds <= 0:

@@ -922,12 +922,8 @@ def test_an_update_against_the_others_is_rejected_even_while_the_check_stands_as
     """Three hostile sites that pull the round's median cosine below the gate no longer
     switch the direction check off: updates pointing against the others' median are
     rejected in any round, and honest ones kept."""
-    from strategies.guard import (
-        MIN_SHARED_DIRECTION,
-        OPPOSED_DIRECTION,
-        direction_problems,
-        others_median_cosines,
-    )
+    from common.config import OPPOSED_DIRECTION
+    from strategies.guard import MIN_SHARED_DIRECTION, direction_problems, others_median_cosines
 
     rng = np.random.default_rng(5)
     shared = rng.normal(size=4000)
